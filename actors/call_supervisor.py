@@ -1,0 +1,392 @@
+"""CallSupervisor: one per call; starts, watches, restarts and stops the call's four children.
+
+Children, in start order, with their OTP restart type (see `actors.supervision`):
+
+    session      permanent   conversation state; everything to persist, as it happens
+    ingest       permanent   VAD, speech start/stop, end of turn, the replay buffer
+    transcriber  transient   the STT stream
+    responder    transient   the LLM and TTS streams; barge-in
+
+Failure: a child tells `ChildFailed` from `on_failure`; the watchdog (a `Tick` from the shared
+timer) fails a child whose handler runs past `stall_timeout_s` or whose engine shows no progress
+for that kind's timeout, after cancelling its streams and abandoning it. Either way the failed
+child and the children after it (rest_for_one) get new generations at once, so the old
+instances' late output is discarded; after an exponential backoff (a `RestartDue` scheduled on
+the timer, never a sleep) they are started again, in order, each from its last checkpoint.
+Too many restarts within the window escalate: the call ends with reason "escalated".
+
+Replay: when a Transcriber starts, AudioIngest is told `TranscriberStarted(from_offset)`, the
+offset the Session has settled, and feeds it the buffered audio after it before any live audio.
+
+End: `HangUp(reason)` from the edge, escalation, or the Switchboard's shutdown. The supervisor
+silences and stops its children, puts `CallEnded(reason)` on the outbox exactly once, closes the
+handle, tells the Switchboard `CallFinished`, and stops.
+
+Every hook runs on the dispatcher thread running this actor. If a handler of the supervisor
+itself raises, `on_failure` ends the call as "escalated" (children are stopped; other calls are
+untouched).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pykka import ActorRef
+
+from actors.audio_ingest import AudioIngest
+from actors.call_context import (
+    CallSetup,
+    ChildContext,
+    EngineWatch,
+    Generations,
+    Peers,
+    call_log,
+    tell_quietly,
+)
+from actors.clock import SYSTEM_CLOCK, Clock
+from actors.errors import StallDetected
+from actors.messages import (
+    CallEnded,
+    CallEventRecorded,
+    ChildRestarted,
+    DtmfReceived,
+    EndReason,
+    HangUp,
+    MediaConnected,
+    PlaybackProgressed,
+    TextReceived,
+)
+from actors.replay_buffer import ReplayBuffer
+from actors.responder import Responder
+from actors.runtime import PooledActor
+from actors.session import Session
+from actors.snapshot import ActorProbe, CallTree
+from actors.supervision import ChildSpec, RestartIntensity, rest_for_one, should_restart
+from actors.timer import Timer, TimerHandle, shared_timer
+from actors.transcriber import Transcriber
+from actors.tree_messages import (
+    CHILD_ORDER,
+    CallFinished,
+    Checkpoint,
+    Checkpointed,
+    ChildFailed,
+    ChildName,
+    RestartDue,
+    SessionCheckpoint,
+    SiblingRestarted,
+    Tick,
+    TranscriberStarted,
+)
+from actors.turn_detector import TurnSettings
+
+if TYPE_CHECKING:
+    from actors.agent import AgentConfig
+    from actors.call_child import CallChild
+    from actors.call_handle import CallHandle
+    from actors.engines import CallEngines
+    from actors.faults import FaultPlan
+    from actors.messages import Outbox
+    from actors.runtime import Dispatcher
+    from config.settings import SupervisionSettings, VadSettings
+
+SPECS: dict[ChildName, ChildSpec] = {
+    "session": ChildSpec(name="session", restart="permanent"),
+    "ingest": ChildSpec(name="ingest", restart="permanent"),
+    "transcriber": ChildSpec(name="transcriber", restart="transient"),
+    "responder": ChildSpec(name="responder", restart="transient"),
+}
+CLASSES: dict[ChildName, type[CallChild]] = {
+    "session": Session,
+    "ingest": AudioIngest,
+    "transcriber": Transcriber,
+    "responder": Responder,
+}
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The supervisor's record of one child (touched only on the supervisor's thread)."""
+
+    name: ChildName
+    probe: ActorProbe
+    watch: EngineWatch
+    actor: CallChild | None = None
+    ref: ActorRef[Any] | None = None
+    checkpoint: Checkpoint | None = None
+    restarts: int = 0
+    retired: bool = False  # True: its next instance's generation is already current
+
+
+class CallSupervisor(PooledActor):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        call_id: str,
+        agent: AgentConfig,
+        engines: CallEngines,
+        outbox: Outbox,
+        handle: CallHandle,
+        supervision: SupervisionSettings,
+        vad: VadSettings,
+        switchboard: ActorRef[Any] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        timer: Timer | None = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        super().__init__(dispatcher)
+        self.call_id = call_id
+        self._timer = timer if timer is not None else shared_timer()
+        self._call_handle = handle
+        self._switchboard = switchboard
+        self._settings = supervision
+        self.log = call_log(__name__, call_id)
+        self.setup = CallSetup(
+            call_id=call_id,
+            dispatcher=dispatcher,
+            agent=agent,
+            engines=engines,
+            outbox=outbox,
+            supervision=supervision,
+            turns=TurnSettings.resolve(vad, agent.vad),
+            clock=clock,
+            generations=Generations(),
+            peers=Peers(),
+            replay=ReplayBuffer(supervision.replay_buffer_s),
+            faults=faults,
+        )
+        self.probe = ActorProbe(f"{call_id}/supervisor", 1)
+        self.probe.actor = self
+        self._slots = {
+            name: _Slot(name, ActorProbe(f"{call_id}/{name}"), EngineWatch())
+            for name in CHILD_ORDER
+        }
+        self._intensity = RestartIntensity(supervision)
+        self._pending: set[ChildName] = set()
+        self._epoch = 0
+        self._tick: TimerHandle | None = None
+        self._ended = False
+        self.state = "starting"
+        handle.bind(self.actor_ref, self.tree)
+
+    # -- introspection (any thread) -----------------------------------------------------------
+
+    def tree(self) -> CallTree:
+        now = time.monotonic()
+        return CallTree(
+            call_id=self.call_id,
+            state=self.state,
+            supervisor=self.probe.snapshot(now),
+            children=tuple(self._slots[name].probe.snapshot(now) for name in CHILD_ORDER),
+        )
+
+    # -- pykka hooks ----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the children in order and the watchdog tick; raising here ends the call."""
+        for name in CHILD_ORDER:
+            self._start_child(name)
+        period = min(self._settings.stall_timeout_s, *self._progress_timeouts().values()) / 4
+        ref = self.actor_ref
+        self._tick = self._timer.call_every(max(0.02, min(period, 1.0)), lambda: _tell(ref, Tick()))
+        self.state = self.probe.state = "running"
+        self._record("started", agent=self.setup.agent.id)
+
+    def on_receive(self, message: Any) -> Any:
+        """Route edge messages to children; supervise. Unknown messages are logged."""
+        match message:
+            case TextReceived() | DtmfReceived() | MediaConnected():
+                self.setup.peers.tell("session", message)
+            case PlaybackProgressed():
+                self.setup.peers.tell("responder", message)
+            case Checkpointed(child=child, generation=generation, state=state):
+                if generation == self.setup.generations.current(child):
+                    self._slots[child].checkpoint = state
+                    if isinstance(state, SessionCheckpoint):
+                        self.setup.replay.trim(state.heard_through)
+            case ChildFailed(child=child, generation=generation, error=error):
+                if generation == self.setup.generations.current(child) and not self._ended:
+                    self._child_failed(child, error)
+            case RestartDue(epoch=epoch):
+                if epoch == self._epoch and not self._ended:
+                    self._restart_pending()
+            case Tick():
+                if not self._ended:
+                    self._watch()
+            case HangUp(reason=reason):
+                self._end(reason)
+            case _:
+                self.log.warning("unexpected message %r", message)
+
+    def on_stop(self) -> None:
+        """Runs on this actor's thread when stopped from outside (dispatcher shutdown)."""
+        self._end("shutdown")
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """The supervisor itself failed: end the call, escalated. Runs on this actor's thread."""
+        if exception_value is not None:
+            self.probe.record_error(exception_value)
+        self._end("escalated", detail=f"supervisor: {exception_value!r}", stop_self=False)
+
+    # -- supervision ----------------------------------------------------------------------------
+
+    def _start_child(self, name: ChildName) -> None:
+        setup, slot = self.setup, self._slots[name]
+        generation = (
+            setup.generations.current(name) if slot.retired else setup.generations.bump(name)
+        )
+        slot.retired = False
+        slot.probe = ActorProbe(f"{self.call_id}/{name}", generation)
+        slot.probe.restarts = slot.restarts
+        slot.watch = EngineWatch()
+        if name == "ingest":
+            setup.replay.admit_writer(generation)
+        ctx = ChildContext(
+            setup=setup,
+            name=name,
+            parent=self.actor_ref,
+            generation=generation,
+            checkpoint=slot.checkpoint,
+            probe=slot.probe,
+            watch=slot.watch,
+        )
+        slot.ref = CLASSES[name].start(ctx)
+        slot.actor = slot.probe.actor  # type: ignore[assignment]  # the child set itself there
+        setup.peers.set(name, slot.ref)
+        if name == "ingest":
+            self._call_handle.attach_ingest(slot.ref)
+        if name == "transcriber":
+            setup.peers.tell(
+                "ingest",
+                TranscriberStarted(generation=generation, from_offset=self._heard_through()),
+            )
+
+    def _child_failed(self, failed: ChildName, error: str) -> None:
+        now = self.setup.clock.monotonic()
+        if not self._intensity.record(now):
+            self.log.error("= restart intensity exceeded (%s): escalating", error)
+            self._record("escalated", child=failed, error=error)
+            self._end("escalated", detail=f"{failed}: {error}")
+            return
+        replaced = rest_for_one(CHILD_ORDER, failed)
+        for name in reversed(replaced):
+            self._retire(name, failed=name == failed)
+        for name in replaced:
+            if should_restart(SPECS[name]):
+                self._pending.add(name)
+        self._epoch += 1
+        delay = self._intensity.backoff_s()
+        self.log.warning(
+            "= %s failed (%s): restarting %s in %.0f ms", failed, error, replaced, delay * 1000
+        )
+        self._record("child_failed", child=failed, error=error, restarting=",".join(replaced))
+        ref, epoch = self.actor_ref, self._epoch
+        self._timer.call_later(delay, lambda: _tell(ref, RestartDue(epoch=epoch)))
+
+    def _retire(self, name: ChildName, *, failed: bool) -> None:
+        """Silence the instance at once (generation bump) and stop it; the failed one is dead."""
+        slot, setup = self._slots[name], self.setup
+        setup.generations.bump(name)  # the old instance's emits and tells are now no-ops
+        slot.retired = True
+        setup.peers.set(name, None)
+        if name == "ingest":
+            self._call_handle.attach_ingest(None)
+        if slot.ref is not None and not failed:
+            slot.ref.stop(block=False)  # never raises: a dead actor just stays dead
+        slot.ref = slot.actor = None
+
+    def _restart_pending(self) -> None:
+        for name in CHILD_ORDER:
+            if name in self._pending:
+                self._slots[name].restarts += 1
+                self._start_child(name)
+                generation = self._slots[name].probe.generation
+                self.setup.outbox.put(
+                    ChildRestarted(
+                        call_id=self.call_id, child=name, generation=generation, error=""
+                    )
+                )
+                if name == "responder":
+                    self.setup.peers.tell(
+                        "session", SiblingRestarted(child=name, generation=generation)
+                    )
+        self._pending.clear()
+
+    def _watch(self) -> None:
+        """Fail children stuck in a handler, or waiting on an engine that shows no progress."""
+        now = time.monotonic()
+        timeouts = self._progress_timeouts()
+        for name in CHILD_ORDER:
+            slot = self._slots[name]
+            if slot.actor is None:
+                continue
+            started = slot.actor.stats.handler_started_at
+            overdue = slot.watch.overdue(self.setup.clock.monotonic(), timeouts)
+            if started is not None and now - started > self._settings.stall_timeout_s:
+                why = f"handler running for {now - started:.1f} s"
+            elif overdue is not None:
+                why = f"{overdue[0]} engine silent for {overdue[1]:.1f} s"
+            else:
+                continue
+            self.log.error("= %s stalled: %s; abandoning it", name, why)
+            slot.probe.record_error(StallDetected(why))
+            slot.watch.cancel_all()
+            slot.actor.abandon()
+            slot.probe.state = "abandoned"
+            self._child_failed(name, f"StallDetected: {why}")
+            return  # one replacement per tick; the next tick looks at the new instances
+
+    def _end(self, reason: EndReason, *, detail: str = "", stop_self: bool = True) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.state = self.probe.state = f"ended: {reason}"
+        if self._tick is not None:
+            self._tick.cancel()
+        for name in reversed(CHILD_ORDER):
+            slot = self._slots[name]
+            self.setup.generations.bump(name)
+            slot.watch.cancel_all()
+            if slot.ref is not None:
+                slot.ref.stop(block=False)  # never raises: a dead actor just stays dead
+            slot.ref = slot.actor = None
+        self.log.info("= call ended: %s %s", reason, detail)
+        self.setup.outbox.put(CallEnded(call_id=self.call_id, reason=reason, detail=detail))
+        self._call_handle.close()
+        if self._switchboard is not None:
+            _tell(self._switchboard, CallFinished(call_id=self.call_id))
+        if stop_self:
+            self.stop()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _heard_through(self) -> int:
+        checkpoint = self._slots["session"].checkpoint
+        return checkpoint.heard_through if isinstance(checkpoint, SessionCheckpoint) else 0
+
+    def _progress_timeouts(self) -> dict[Any, float]:
+        s = self._settings
+        return {
+            "stt": s.stt_progress_timeout_s,
+            "llm": s.llm_progress_timeout_s,
+            "tts": s.tts_progress_timeout_s,
+        }
+
+    def _record(self, kind: str, **data: str | int | float | bool | None) -> None:
+        self.setup.outbox.put(
+            CallEventRecorded(
+                call_id=self.call_id, kind=kind, data=data, at=self.setup.clock.monotonic()
+            )
+        )
+
+
+def _tell(ref: ActorRef[Any], message: object) -> None:
+    tell_quietly(ref, message)  # the call may have ended before the timer fired

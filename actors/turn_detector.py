@@ -1,0 +1,134 @@
+"""TurnDetector: voice activity windows in, speech-start and end-of-turn decisions out.
+
+Pure: no actor, no clock. Times come from the audio (`captured_at` of each frame), so the same
+audio always gives the same decisions, however fast it is fed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from actors.agent import TurnEnd
+
+if TYPE_CHECKING:
+    from actors.agent import VadOverrides
+    from actors.engines import VoiceDetector
+    from config.settings import VadSettings
+
+WINDOW_SAMPLES = 512  # Silero's window at 16 kHz: 32 ms
+SAMPLE_RATE = 16_000
+WINDOW_MS = WINDOW_SAMPLES * 1000 / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnSettings:
+    """The server's `VadSettings` with the agent's overrides applied."""
+
+    threshold: float = 0.5
+    min_speech_ms: int = 200
+    end_of_turn_silence_ms: int = 500
+    turn_end: TurnEnd = "vad"
+
+    @classmethod
+    def resolve(cls, vad: VadSettings, agent: VadOverrides) -> TurnSettings:
+        return cls(
+            threshold=agent.threshold if agent.threshold is not None else vad.threshold,
+            min_speech_ms=agent.min_speech_ms
+            if agent.min_speech_ms is not None
+            else vad.min_speech_ms,
+            end_of_turn_silence_ms=agent.end_of_turn_silence_ms
+            if agent.end_of_turn_silence_ms is not None
+            else vad.end_of_turn_silence_ms,
+            turn_end=agent.turn_end if agent.turn_end is not None else vad.turn_end,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechBegan:
+    at: float  # start of the first voiced window of the run
+    sample: int  # its position in the fed audio, in samples
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechEnded:
+    """Enough silence after speech: the caller's turn is over (or paused, in provider mode)."""
+
+    started_at: float
+    ended_at: float  # end of the last voiced window
+
+
+TurnEvent = SpeechBegan | SpeechEnded
+
+
+class TurnDetector:
+    """Cuts 16 kHz PCM16 into 512-sample windows and tracks speech and silence runs."""
+
+    def __init__(self, settings: TurnSettings, detector: VoiceDetector) -> None:
+        self._settings = settings
+        self._detector = detector
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._fed = 0  # samples cut into windows so far
+        self._voiced_ms = 0.0
+        self._run_start: tuple[float, int] | None = None
+        self._silence_ms = 0.0
+        self._last_voiced_end = 0.0
+        self.in_speech = False
+        self.speech_started_at: float | None = None
+
+    def resume(self, *, in_speech: bool, speech_started_at: float | None) -> None:
+        """Continue from a checkpoint taken by an earlier instance."""
+        self.in_speech = in_speech
+        self.speech_started_at = speech_started_at
+        if in_speech and speech_started_at is not None:
+            self._last_voiced_end = speech_started_at
+
+    def feed(self, pcm: bytes, captured_at: float) -> list[TurnEvent]:
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        # Time of the first pending sample: the pending tail precedes this frame.
+        t0 = captured_at - len(self._pending) / SAMPLE_RATE
+        buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        events: list[TurnEvent] = []
+        n_windows = len(buffered) // WINDOW_SAMPLES
+        for i in range(n_windows):
+            window = buffered[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES]
+            start = t0 + i * WINDOW_SAMPLES / SAMPLE_RATE
+            event = self._window(window, start)
+            if event is not None:
+                events.append(event)
+        self._pending = buffered[n_windows * WINDOW_SAMPLES :].copy()
+        return events
+
+    def _window(
+        self, window: np.ndarray[tuple[int], np.dtype[np.int16]], start: float
+    ) -> TurnEvent | None:
+        sample = self._fed
+        self._fed += WINDOW_SAMPLES
+        probability = self._detector.process(window.astype(np.float32) / 32768.0)
+        voiced = probability >= self._settings.threshold
+        end = start + WINDOW_MS / 1000
+        if voiced:
+            self._silence_ms = 0.0
+            self._last_voiced_end = end
+            if self._run_start is None:
+                self._run_start = (start, sample)
+            self._voiced_ms += WINDOW_MS
+            if not self.in_speech and self._voiced_ms >= self._settings.min_speech_ms:
+                self.in_speech = True
+                self.speech_started_at = self._run_start[0]
+                return SpeechBegan(at=self._run_start[0], sample=self._run_start[1])
+            return None
+        self._voiced_ms = 0.0
+        self._run_start = None
+        if not self.in_speech:
+            return None
+        self._silence_ms += WINDOW_MS
+        if self._silence_ms < self._settings.end_of_turn_silence_ms:
+            return None
+        self.in_speech = False
+        started_at = self.speech_started_at if self.speech_started_at is not None else start
+        self.speech_started_at = None
+        self._silence_ms = 0.0
+        return SpeechEnded(started_at=started_at, ended_at=self._last_voiced_end)
