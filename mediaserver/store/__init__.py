@@ -1,0 +1,87 @@
+"""The tenant store: companies, their API keys, agents and phone numbers, and call records.
+
+One SQLite file in WAL mode, opened with `Store.open`, migrated forward at open
+(`migrations.py`: v1 tenants, v2 calls). Schema, by owner:
+
+    companies ─┬─ api_keys        only SHA-256 of the secret + a public 8-char prefix
+               ├─ agents ─── phone_numbers   (company_id, agent_id) -> agents: same company
+               ├─ conversations ─── calls ─┬─ call_events
+               │                           ├─ turns
+               │                           └─ usage
+
+Isolation rule: every tenant-facing query carries `company_id` in its WHERE clause, and child
+tables hold `company_id` with a composite foreign key to their parent, so a row of one company can
+neither be read through nor attached to another's. Another company's id looks exactly like an
+unknown id: None from `get_*`, `NotFound` from anything that changes rows.
+Timestamps are unix seconds (REAL). Errors are in `errors.py`, rooted at `StoreError`.
+"""
+
+from mediaserver.store.errors import (
+    Conflict,
+    InvalidValue,
+    NotFound,
+    SchemaTooNew,
+    StoreBusy,
+    StoreError,
+)
+from mediaserver.store.migrations import LATEST_VERSION
+from mediaserver.store.models import (
+    Agent,
+    AgentChanges,
+    AgentSpec,
+    ApiKey,
+    Call,
+    CallEvent,
+    CallStatus,
+    Company,
+    Conversation,
+    FaqRule,
+    PhoneNumber,
+    Transport,
+    TurnRecord,
+    TurnRole,
+    Usage,
+    VadOverrides,
+)
+from mediaserver.store.store import Store
+from mediaserver.store.validation import (
+    LLM_ENGINES,
+    STT_ENGINES,
+    TTS_ENGINES,
+    is_e164,
+    parse_faq,
+    parse_vad,
+)
+
+__all__ = [
+    "LATEST_VERSION",
+    "LLM_ENGINES",
+    "STT_ENGINES",
+    "TTS_ENGINES",
+    "Agent",
+    "AgentChanges",
+    "AgentSpec",
+    "ApiKey",
+    "Call",
+    "CallEvent",
+    "CallStatus",
+    "Company",
+    "Conflict",
+    "Conversation",
+    "FaqRule",
+    "InvalidValue",
+    "NotFound",
+    "PhoneNumber",
+    "SchemaTooNew",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "Transport",
+    "TurnRecord",
+    "TurnRole",
+    "Usage",
+    "VadOverrides",
+    "is_e164",
+    "parse_faq",
+    "parse_vad",
+]

@@ -1,0 +1,250 @@
+"""`Store`: the one object the rest of the server holds; each method is one repository call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Unpack
+
+from mediaserver.store import agents, calls, tenants
+from mediaserver.store.db import Database
+from mediaserver.store.migrations import migrate
+from mediaserver.store.models import (
+    Agent,
+    AgentChanges,
+    AgentSpec,
+    ApiKey,
+    Call,
+    CallEvent,
+    CallStatus,
+    Company,
+    Conversation,
+    PhoneNumber,
+    TurnRecord,
+    Usage,
+)
+
+
+class Store:
+    """Companies, agents, numbers and call records in one SQLite file.
+
+    Tenant methods take `company_id` first and see only that company's rows: `get_*` returns None
+    and a change raises `NotFound` for another company's id. The unscoped methods are the ones a
+    tenant can never reach: companies, `authenticate*`, `route_number`, `end_open_calls` and
+    `admin_list_calls`. Safe to share between coroutines on one loop; other processes (the CLI)
+    may open the same file at the same time.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> Store:
+        """Open or create the file at `path` and migrate it to the newest schema.
+
+        Raises:
+            SchemaTooNew: a newer mediaserver has migrated the file.
+            StoreBusy: another process held the write lock for more than `busy_timeout_ms`.
+        """
+        db = await Database.connect(path, busy_timeout_ms=busy_timeout_ms)
+        try:
+            await migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db)
+
+    async def close(self) -> None:
+        """Close the connection; idempotent. Calls after this raise `StoreError`."""
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Companies and API keys
+
+    async def create_company(self, name: str) -> Company:
+        return await tenants.create_company(self._db, name)
+
+    async def list_companies(self) -> list[Company]:
+        return await tenants.list_companies(self._db)
+
+    async def get_company(self, company_id: str) -> Company | None:
+        return await tenants.get_company(self._db, company_id)
+
+    async def create_api_key(self, company_id: str, label: str = "") -> tuple[ApiKey, str]:
+        """Return the key's record and its plaintext, which is never available again."""
+        return await tenants.create_api_key(self._db, company_id, label)
+
+    async def list_api_keys(self, company_id: str) -> list[ApiKey]:
+        return await tenants.list_api_keys(self._db, company_id)
+
+    async def revoke_api_key(self, company_id: str, key_id: str) -> ApiKey:
+        """Revoke a key; revoking twice keeps the first `revoked_at`."""
+        return await tenants.revoke_api_key(self._db, company_id, key_id)
+
+    async def authenticate(self, plaintext: str) -> Company | None:
+        """The company whose live key this is; None for anything else, never an exception."""
+        found = await tenants.authenticate_key(self._db, plaintext)
+        return None if found is None else found[0]
+
+    async def authenticate_key(self, plaintext: str) -> tuple[Company, ApiKey] | None:
+        """Like `authenticate`, also returning the key (for per-key rate limits)."""
+        return await tenants.authenticate_key(self._db, plaintext)
+
+    # Agents and phone numbers
+
+    async def create_agent(
+        self, company_id: str, spec: AgentSpec, *, default: bool = False
+    ) -> Agent:
+        """Add an agent; the company's first agent, or one made with `default`, is its default."""
+        return await agents.create_agent(self._db, company_id, spec, default=default)
+
+    async def list_agents(self, company_id: str) -> list[Agent]:
+        return await agents.list_agents(self._db, company_id)
+
+    async def get_agent(self, company_id: str, agent_id: str) -> Agent | None:
+        return await agents.get_agent(self._db, company_id, agent_id)
+
+    async def get_default_agent(self, company_id: str) -> Agent | None:
+        return await agents.get_default_agent(self._db, company_id)
+
+    async def update_agent(
+        self, company_id: str, agent_id: str, **changes: Unpack[AgentChanges]
+    ) -> Agent:
+        """Change some fields of an agent; the result is validated as a whole."""
+        return await agents.update_agent(self._db, company_id, agent_id, changes)
+
+    async def set_default_agent(self, company_id: str, agent_id: str) -> Agent:
+        """Make this agent the company's default; the previous default stops being one."""
+        return await agents.set_default_agent(self._db, company_id, agent_id)
+
+    async def delete_agent(self, company_id: str, agent_id: str) -> None:
+        """Delete an agent that answers no number; a deleted default passes to the oldest left.
+
+        Raises:
+            Conflict: phone numbers still route to the agent.
+        """
+        await agents.delete_agent(self._db, company_id, agent_id)
+
+    async def add_number(self, company_id: str, number: str, agent_id: str) -> PhoneNumber:
+        """Route an E.164 number to one of the company's agents; a number has one owner."""
+        return await agents.add_number(self._db, company_id, number, agent_id)
+
+    async def list_numbers(self, company_id: str) -> list[PhoneNumber]:
+        return await agents.list_numbers(self._db, company_id)
+
+    async def remove_number(self, company_id: str, number: str) -> None:
+        await agents.remove_number(self._db, company_id, number)
+
+    async def route_number(self, number: str) -> tuple[Company, Agent] | None:
+        """Who answers a dialled number, across all companies; None if nobody (or not E.164)."""
+        return await agents.route_number(self._db, number)
+
+    # Conversations and calls
+
+    async def create_conversation(
+        self, company_id: str, agent_id: str, peer_id: str
+    ) -> Conversation:
+        return await calls.create_conversation(self._db, company_id, agent_id, peer_id)
+
+    async def get_conversation(self, company_id: str, conversation_id: str) -> Conversation | None:
+        return await calls.get_conversation(self._db, company_id, conversation_id)
+
+    async def start_call(
+        self,
+        company_id: str,
+        *,
+        call_id: str | None = None,
+        conversation_id: str | None = None,
+        agent_id: str,
+        transport: str,
+        peer_id: str,
+    ) -> Call:
+        """Record a new call; a fresh id is made when `call_id` is None."""
+        return await calls.start_call(
+            self._db,
+            company_id,
+            call_id=call_id,
+            conversation_id=conversation_id,
+            agent_id=agent_id,
+            transport=transport,
+            peer_id=peer_id,
+        )
+
+    async def end_call(self, company_id: str, call_id: str, reason: str) -> Call:
+        """Mark the call ended; idempotent, the first reason wins."""
+        return await calls.end_call(self._db, company_id, call_id, reason)
+
+    async def set_call_recording(self, company_id: str, call_id: str, path: str) -> Call:
+        return await calls.set_call_recording(self._db, company_id, call_id, path)
+
+    async def end_open_calls(self, reason: str) -> int:
+        """At start-up, end every call a crashed server left open; return how many."""
+        return await calls.end_open_calls(self._db, reason)
+
+    async def get_call(self, company_id: str, call_id: str) -> Call | None:
+        return await calls.get_call(self._db, company_id, call_id)
+
+    async def list_calls(
+        self,
+        company_id: str,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        status: CallStatus | None = None,
+        agent_id: str | None = None,
+    ) -> list[Call]:
+        """The company's calls, newest first."""
+        return await calls.list_calls(
+            self._db, company_id, limit=limit, offset=offset, status=status, agent_id=agent_id
+        )
+
+    async def admin_list_calls(
+        self,
+        *,
+        company_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        status: CallStatus | None = None,
+        agent_id: str | None = None,
+    ) -> list[Call]:
+        """Every company's calls, newest first, for the operator's CLI; never for tenants."""
+        return await calls.list_calls(
+            self._db, company_id, limit=limit, offset=offset, status=status, agent_id=agent_id
+        )
+
+    async def add_call_event(
+        self, company_id: str, call_id: str, kind: str, data: Mapping[str, object] | None = None
+    ) -> None:
+        await self.add_call_events(company_id, call_id, [CallEvent(kind=kind, data=data or {})])
+
+    async def add_call_events(
+        self, company_id: str, call_id: str, events: Sequence[CallEvent]
+    ) -> None:
+        """Record several events in one transaction: all of them or none."""
+        await calls.add_call_events(self._db, company_id, call_id, events)
+
+    async def list_events(self, company_id: str, call_id: str) -> list[CallEvent]:
+        return await calls.list_events(self._db, company_id, call_id)
+
+    async def add_turn(self, company_id: str, call_id: str, turn: TurnRecord) -> None:
+        """Record a finished turn. Raises `Conflict` if the call already has this `seq`."""
+        await calls.add_turn(self._db, company_id, call_id, turn)
+
+    async def list_turns(self, company_id: str, call_id: str) -> list[TurnRecord]:
+        return await calls.list_turns(self._db, company_id, call_id)
+
+    async def add_usage(self, company_id: str, call_id: str, usage: Usage) -> None:
+        await calls.add_usage(self._db, company_id, call_id, usage)
+
+    async def list_usage(self, company_id: str, call_id: str) -> list[Usage]:
+        return await calls.list_usage(self._db, company_id, call_id)
