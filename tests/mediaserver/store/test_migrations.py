@@ -1,0 +1,134 @@
+import asyncio
+
+import pytest
+
+from mediaserver.store import LATEST_VERSION, SchemaTooNew, Store, StoreError
+from mediaserver.store.db import Database
+from mediaserver.store.migrations import MIGRATIONS, migrate
+from tests.mediaserver.store.support import db_path, raw_sqlite, run
+
+
+def schema(path):
+    """Every table and index as SQLite keeps it, to compare two files' schemas."""
+    with raw_sqlite(path) as conn:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
+def versions(path):
+    with raw_sqlite(path) as conn:
+        return [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
+
+
+async def migrate_to(path, target):
+    db = await Database.connect(path, busy_timeout_ms=1000)
+    try:
+        return await migrate(db, target=target)
+    finally:
+        await db.close()
+
+
+def test_migrations_are_numbered_from_one_without_gaps():
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert LATEST_VERSION == len(MIGRATIONS) == 2
+
+
+def test_open_creates_the_folder_and_migrates_a_new_file(tmp_path):
+    path = db_path(tmp_path)
+
+    async def main():
+        store = await Store.open(path)
+        await store.close()
+
+    run(main())
+    assert versions(path) == [1, 2]
+    with raw_sqlite(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"companies", "api_keys", "agents", "phone_numbers"} <= tables
+    assert {"conversations", "calls", "call_events", "turns", "usage"} <= tables
+
+
+def test_open_migrates_an_empty_file(tmp_path):
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+
+    async def main():
+        async with await Store.open(str(path)) as store:
+            await store.create_company("Acme")
+
+    run(main())
+    assert versions(path) == [1, 2]
+
+
+@pytest.mark.parametrize("old", range(LATEST_VERSION))
+def test_open_migrates_every_older_version_to_the_latest(tmp_path, old):
+    fresh, path = str(tmp_path / "fresh.db"), db_path(tmp_path)
+
+    async def main():
+        await migrate_to(fresh, LATEST_VERSION)
+        assert await migrate_to(path, old) == old
+        if old >= 1:
+            with raw_sqlite(path) as conn:
+                conn.execute("INSERT INTO companies VALUES ('c1', 'Old Co', 1.5)")
+        async with await Store.open(path) as store:
+            if old >= 1:
+                company = await store.get_company("c1")
+                assert company is not None
+                assert company.name == "Old Co"
+            # The upgraded file takes v2 rows.
+            tenant = await store.create_company("New Co")
+            await store.list_calls(tenant.id)
+
+    run(main())
+    assert versions(path) == list(range(1, LATEST_VERSION + 1))
+    assert schema(path) == schema(fresh)
+
+
+def test_migration_runner_stops_at_its_target(tmp_path):
+    path = db_path(tmp_path)
+    assert run(migrate_to(path, 1)) == 1
+    assert versions(path) == [1]
+    with raw_sqlite(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "companies" in tables
+    assert "calls" not in tables
+
+
+def test_open_refuses_a_newer_schema_and_leaves_the_file_alone(tmp_path):
+    path = db_path(tmp_path)
+    run(migrate_to(path, LATEST_VERSION))
+    with raw_sqlite(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (99,))
+    before = schema(path)
+
+    with pytest.raises(SchemaTooNew) as caught:
+        run(Store.open(path))
+
+    assert caught.value.found == 99
+    assert caught.value.known == LATEST_VERSION
+    assert "99" in str(caught.value)
+    assert "upgrade mediaserver" in str(caught.value)
+    assert schema(path) == before
+
+
+def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path):
+    path = db_path(tmp_path)
+
+    async def main():
+        stores = await asyncio.gather(*(Store.open(path) for _ in range(4)))
+        for store in stores:
+            await store.close()
+
+    run(main())
+    assert versions(path) == [1, 2]
+
+
+def test_open_refuses_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"not a database, but somebody's notes\n" * 100)
+    before = path.read_bytes()
+
+    with pytest.raises(StoreError, match="not a database"):
+        run(Store.open(str(path)))
+
+    assert path.read_bytes() == before
