@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from actors.replay_buffer import ReplayBuffer
     from actors.runtime import Dispatcher
     from actors.snapshot import ActorProbe
+    from actors.timer import Timer
     from actors.tree_messages import Checkpoint, ChildName
     from actors.turn_detector import TurnSettings
     from config.settings import SupervisionSettings
@@ -178,6 +179,7 @@ class CallSetup:
     generations: Generations
     peers: Peers
     replay: ReplayBuffer
+    timer: Timer
     faults: FaultPlan | None = None
 
 

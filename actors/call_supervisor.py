@@ -156,6 +156,7 @@ class CallSupervisor(PooledActor):
             generations=Generations(),
             peers=Peers(),
             replay=ReplayBuffer(supervision.replay_buffer_s),
+            timer=self._timer,
             faults=faults,
         )
         self.probe = ActorProbe(f"{call_id}/supervisor", 1)
@@ -223,7 +224,7 @@ class CallSupervisor(PooledActor):
 
     def on_stop(self) -> None:
         """Runs on this actor's thread when stopped from outside (dispatcher shutdown)."""
-        self._end("shutdown")
+        self._end("shutdown", stop_self=False)
 
     def on_failure(
         self,

@@ -6,6 +6,10 @@ whole reply. `Speak` (the greeting) skips the LLM. Audio chunks go out as `BotAu
 engine's rate. When both streams are done it tells the Session `ReplyFinished` with the turn's
 latencies (LLM first token, TTS first audio, first audio handed to the outbox) and usage.
 
+A reply stays active until its audio has played out: until `PlaybackProgressed` reaches the
+audio's duration, or the time the audio takes from its first chunk (`PlaybackDue`, from the
+shared timer), whichever comes first.
+
 Barge-in: `CallerStartedSpeaking` (or a newer reply) while a reply is active cancels both
 streams, puts `FlushAudio`, and finishes the turn as interrupted with the text actually
 played, from the edge's `PlaybackProgressed` and each sentence's audio duration.
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors.call_child import CallChild
+from actors.call_context import tell_quietly
 from actors.engines import (
     EngineFailed,
     EngineStream,
@@ -37,6 +42,7 @@ from actors.sentences import SentenceSplitter, SpokenText
 from actors.tree_messages import (
     CallerStartedSpeaking,
     EngineOutput,
+    PlaybackDue,
     Reply,
     ReplyFinished,
     ResponderCheckpoint,
@@ -75,6 +81,7 @@ class _Active:
     tokens_out: int = 0
     audio_out_s: float = 0.0
     played_ms: float = 0.0
+    playing: bool = False  # everything synthesized; the edge is still playing it out
 
 
 class Responder(CallChild):
@@ -101,8 +108,15 @@ class Responder(CallChild):
                     self.log.info("= barge-in during turn %d", self._active.turn_id)
                     self._interrupt(self._active)
             case PlaybackProgressed(turn_id=turn_id, played_ms=played_ms):
-                if self._active is not None and self._active.turn_id == turn_id:
-                    self._active.played_ms = played_ms
+                active = self._active
+                if active is not None and active.turn_id == turn_id:
+                    active.played_ms = played_ms
+                    if active.playing and played_ms >= active.audio_out_s * 1000 - 1:
+                        self._finish(active, interrupted=False)
+            case PlaybackDue(turn_id=turn_id):
+                active = self._active
+                if active is not None and active.turn_id == turn_id and active.playing:
+                    self._finish(active, interrupted=False)
             case _:
                 super().handle(message)
 
@@ -231,8 +245,21 @@ class Responder(CallChild):
                 pass
 
     def _maybe_finish(self, active: _Active) -> None:
-        if active.llm_done and active.tts_done:
+        """Both streams done: the turn ends when its audio has played out (barge-in until then)."""
+        if not (active.llm_done and active.tts_done) or active.playing:
+            return
+        self._close_streams(active, cancel=False)
+        audio_ms = active.audio_out_s * 1000
+        if active.first_audio_at is None or active.played_ms >= audio_ms - 1:
             self._finish(active, interrupted=False)
+            return
+        # The edge plays in real time from the first chunk; PlaybackProgressed may end it sooner.
+        active.playing = True
+        due_in = active.first_audio_at + active.audio_out_s - self.clock.monotonic()
+        ref, turn_id = self.actor_ref, active.turn_id
+        self.setup.timer.call_later(
+            max(0.0, due_in), lambda: tell_quietly(ref, PlaybackDue(turn_id=turn_id))
+        )
 
     def _interrupt(self, active: _Active) -> None:
         self.emit(FlushAudio(call_id=self.call_id, turn_id=active.turn_id))

@@ -192,6 +192,13 @@ class Speak:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlaybackDue:
+    """Responder to itself (via the timer): the reply's audio should have played out by now."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReplyFinished:
     """An assistant turn is over: completed, interrupted (barge-in) or failed (apology)."""
 
