@@ -11,13 +11,17 @@ edge's `CallHandle`. For each frame it:
    emits `SpeechStarted` and tells the Responder (barge-in); after `end_of_turn_silence_ms` of
    silence it emits `SpeechStopped` and, with `turn_end="vad"`, records and sends `TurnEnded`.
 
-Its mailbox drops the oldest audio beyond `supervision.audio_backlog_ms` (counted, and an
+If it fails, the audio still queued in its mailbox goes back to the handle, which delivers it
+to the next instance first (a stalled instance's queue is salvaged by the supervisor the same
+way before it is abandoned). Its mailbox drops the oldest audio beyond `supervision.audio_backlog_ms` (counted, and an
 `AudioDropped` fact). Checkpoint: the speech state, on each change. Hooks run on the dispatcher
 thread running this actor; a raise fails this instance only (the supervisor restarts it).
 """
 
 from __future__ import annotations
 
+from queue import Empty
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from actors.call_child import CallChild
@@ -51,6 +55,27 @@ class AudioIngest(CallChild):
             in_speech=self._state.in_speech, speech_started_at=self._state.speech_started_at
         )
         self._base_offset = self.setup.replay.next_offset
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Hand the audio still queued for this instance back to the handle, then fail as usual."""
+        self.setup.handle.salvage(self.actor_ref, self.drain_audio)
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def drain_audio(self) -> list[AudioReceived]:
+        """Pop every queued message; return the audio among them (any thread; used on failure)."""
+        rescued: list[AudioReceived] = []
+        while True:
+            try:
+                envelope = self.actor_inbox.get()
+            except Empty:
+                return rescued
+            if isinstance(envelope.message, AudioReceived):
+                rescued.append(envelope.message)
 
     def handle(self, message: object) -> None:
         match message:

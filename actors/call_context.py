@@ -19,6 +19,7 @@ from actors.engines import EngineKind, EngineStream
 
 if TYPE_CHECKING:
     from actors.agent import AgentConfig
+    from actors.call_handle import CallHandle
     from actors.clock import Clock
     from actors.engines import CallEngines
     from actors.faults import FaultPlan
@@ -180,6 +181,7 @@ class CallSetup:
     peers: Peers
     replay: ReplayBuffer
     timer: Timer
+    handle: CallHandle
     faults: FaultPlan | None = None
 
 

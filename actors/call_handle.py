@@ -103,6 +103,19 @@ class CallHandle:
                     self._ingest = None
                     break
 
+    def salvage(self, ingest: ActorRef[Any], drain: Callable[[], list[AudioReceived]]) -> None:
+        """A failed AudioIngest hands back the audio still in its mailbox, to go first next time.
+
+        Atomic with respect to `send_audio`: once the handle stops pointing at `ingest`, nothing
+        more can land in the dead mailbox, so no frame is lost between drain and detach.
+        """
+        with self._lock:
+            if self._ingest is ingest or self._ingest is None:
+                self._ingest = None
+                rescued = drain()
+                self._held.extendleft(reversed(rescued))
+                self._held_ms += sum(message.realtime_ms for message in rescued)
+
     def close(self) -> None:
         with self._lock:
             self._ended.set()

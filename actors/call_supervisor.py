@@ -157,6 +157,7 @@ class CallSupervisor(PooledActor):
             peers=Peers(),
             replay=ReplayBuffer(supervision.replay_buffer_s),
             timer=self._timer,
+            handle=handle,
             faults=faults,
         )
         self.probe = ActorProbe(f"{call_id}/supervisor", 1)
@@ -340,6 +341,8 @@ class CallSupervisor(PooledActor):
             self.log.error("= %s stalled: %s; abandoning it", name, why)
             slot.probe.record_error(StallDetected(why))
             slot.watch.cancel_all()
+            if isinstance(slot.actor, AudioIngest) and slot.ref is not None:
+                self._call_handle.salvage(slot.ref, slot.actor.drain_audio)
             slot.actor.abandon()
             slot.probe.state = "abandoned"
             self._child_failed(name, f"StallDetected: {why}")

@@ -133,7 +133,10 @@ class Responder(CallChild):
 
     def _begin(self, turn_id: int, *, request: ReplyRequest | None, text: str | None) -> None:
         if turn_id <= self._state.finished_through:
-            return  # finished already; the Session's re-send crossed our ReplyFinished
+            last = self._state.last_finished
+            if last is not None and last.turn_id == turn_id:
+                self.tell_peer("session", last)  # a restarted Session may have lost it
+            return
         if self._active is not None:
             if self._active.turn_id == turn_id:
                 return
@@ -145,7 +148,11 @@ class Responder(CallChild):
         now = self.clock.monotonic()
         active = self._active = _Active(turn_id=turn_id, request=request, started_at=now)
         self._save(
-            ResponderCheckpoint(finished_through=self._state.finished_through, redo_turn=turn_id)
+            ResponderCheckpoint(
+                finished_through=self._state.finished_through,
+                redo_turn=turn_id,
+                last_finished=self._state.last_finished,
+            )
         )
         active.tts = self.open_stream("tts", self.setup.engines.tts)
         if request is not None:
@@ -274,26 +281,24 @@ class Responder(CallChild):
         first_audio_ms = None
         if active.first_audio_at is not None and active.tts_sent_at is not None:
             first_audio_ms = (active.first_audio_at - active.tts_sent_at) * 1000
-        self.tell_peer(
-            "session",
-            ReplyFinished(
-                turn_id=active.turn_id,
-                content=active.content,
-                spoken=active.spoken.spoken(active.played_ms) if interrupted else active.content,
-                interrupted=interrupted,
-                failed=active.failed,
-                started_at=active.started_at,
-                ended_at=now,
-                llm_first_token_ms=first_token_ms,
-                tts_first_audio_ms=first_audio_ms,
-                first_audio_at=active.first_audio_at,
-                tokens_in=active.tokens_in,
-                tokens_out=active.tokens_out,
-                audio_out_s=active.audio_out_s,
-            ),
+        finished = ReplyFinished(
+            turn_id=active.turn_id,
+            content=active.content,
+            spoken=active.spoken.spoken(active.played_ms) if interrupted else active.content,
+            interrupted=interrupted,
+            failed=active.failed,
+            started_at=active.started_at,
+            ended_at=now,
+            llm_first_token_ms=first_token_ms,
+            tts_first_audio_ms=first_audio_ms,
+            first_audio_at=active.first_audio_at,
+            tokens_in=active.tokens_in,
+            tokens_out=active.tokens_out,
+            audio_out_s=active.audio_out_s,
         )
+        self.tell_peer("session", finished)
         self._active = None
-        self._save(ResponderCheckpoint(finished_through=active.turn_id))
+        self._save(ResponderCheckpoint(finished_through=active.turn_id, last_finished=finished))
 
     def _close_streams(self, active: _Active, *, cancel: bool) -> None:
         for opened in (active.llm, active.tts):

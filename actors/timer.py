@@ -23,7 +23,7 @@ class TimerHandle:
 
     __slots__ = ("callback", "cancelled", "period_s")
 
-    def __init__(self, callback: Callable[[], None], period_s: float | None) -> None:
+    def __init__(self, callback: Callable[[], object], period_s: float | None) -> None:
         self.callback = callback
         self.period_s = period_s
         self.cancelled = False
@@ -43,11 +43,11 @@ class Timer:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+    def call_later(self, delay_s: float, callback: Callable[[], object]) -> TimerHandle:
         """Run `callback` once on the timer thread after `delay_s` seconds."""
         return self._schedule(delay_s, TimerHandle(callback, None))
 
-    def call_every(self, period_s: float, callback: Callable[[], None]) -> TimerHandle:
+    def call_every(self, period_s: float, callback: Callable[[], object]) -> TimerHandle:
         """Run `callback` every `period_s` seconds until the handle is cancelled."""
         assert period_s > 0
         return self._schedule(period_s, TimerHandle(callback, period_s))

@@ -68,6 +68,7 @@ class TranscriberCheckpoint:
 class ResponderCheckpoint:
     finished_through: int = 0  # the highest turn id whose reply finished
     redo_turn: int | None = None  # the reply in flight when this state was saved
+    last_finished: ReplyFinished | None = None  # re-sent if the Session lost it in a crash
 
 
 Checkpoint = SessionCheckpoint | IngestCheckpoint | TranscriberCheckpoint | ResponderCheckpoint
