@@ -97,7 +97,7 @@ def _toml_layer(path: Path) -> tuple[str, dict[str, Any], dict[str, str]]:
         raise SettingsError(f"config file {path}: no such file")
     try:
         values = TomlConfigSettingsSource(Settings, toml_file=path)()
-    except Exception as exc:  # tomllib.TOMLDecodeError and OSError; the message says which
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise SettingsError(f"config file {path}: {exc}") from None
     names = {
         f"{section}.{field}": f"config file {path} [{section}] {field}"

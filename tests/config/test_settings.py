@@ -89,7 +89,8 @@ def test_secrets_are_secret_and_redacted_in_show():
         ),
         (
             {"environ": {"MEDIASERVER_LIMITS__MAX_CALS": "5"}},
-            "invalid setting limits.max_cals from env MEDIASERVER_LIMITS__MAX_CALS: unknown setting",
+            "invalid setting limits.max_cals from env MEDIASERVER_LIMITS__MAX_CALS: "
+            "unknown setting",
         ),
         (
             {"environ": {"MEDIASERVER_LOG__FORMAT": "xml"}},
@@ -134,7 +135,7 @@ def test_a_broken_or_missing_toml_file_is_a_settings_error(tmp_path):
     with pytest.raises(SettingsError, match="no such file"):
         load_settings(config_file=tmp_path / "missing.toml", environ={}, env_file=None)
     broken = write(tmp_path / "broken.toml", "[server\n")
-    with pytest.raises(SettingsError, match="broken.toml"):
+    with pytest.raises(SettingsError, match=r"broken\.toml"):
         load_settings(config_file=broken, environ={}, env_file=None)
 
 

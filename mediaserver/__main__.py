@@ -1,0 +1,7 @@
+"""`python -m mediaserver` runs the CLI."""
+
+import sys
+
+from mediaserver.cli import main
+
+sys.exit(main())

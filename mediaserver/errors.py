@@ -1,0 +1,23 @@
+"""Errors of the edge.
+
+EdgeError
+├── StartupError        the server cannot start as configured (exit code 2)
+├── ProtocolViolation   malformed wire data from a peer
+└── SignalingError      a signaling request that cannot be honoured
+"""
+
+
+class EdgeError(Exception):
+    """Root of the edge's errors."""
+
+
+class StartupError(EdgeError):
+    """The server cannot start as configured; the message says what to do."""
+
+
+class ProtocolViolation(EdgeError):
+    """A peer sent data that breaks the wire protocol."""
+
+
+class SignalingError(EdgeError):
+    """A signaling request that cannot be honoured."""

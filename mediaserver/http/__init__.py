@@ -1,0 +1,1 @@
+"""HTTP routes of the one port the server listens on (FastAPI on uvicorn)."""
