@@ -13,9 +13,6 @@ Supervision turns these into `ChildFailed` messages; none of them crosses to the
 exception. The edge learns of failures through outbound facts (`ChildRestarted`, `CallEnded`).
 """
 
-# Names say what happened, like websockets' ConnectionClosed; an "Error" suffix adds nothing.
-# ruff: noqa: N818
-
 from __future__ import annotations
 
 

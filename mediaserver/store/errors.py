@@ -20,15 +20,15 @@ class StoreError(Exception):
     """Root of every error the store raises."""
 
 
-class NotFound(StoreError):  # noqa: N818
+class NotFound(StoreError):
     """The row does not exist, or belongs to another company (the two are indistinguishable)."""
 
 
-class Conflict(StoreError):  # noqa: N818
+class Conflict(StoreError):
     """The write would break a uniqueness rule."""
 
 
-class InvalidValue(StoreError):  # noqa: N818
+class InvalidValue(StoreError):
     """A value failed validation; `field` says which one."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -36,7 +36,7 @@ class InvalidValue(StoreError):  # noqa: N818
         self.field = field
 
 
-class SchemaTooNew(StoreError):  # noqa: N818
+class SchemaTooNew(StoreError):
     """The database was written by a newer mediaserver; refusing to touch it."""
 
     def __init__(self, found: int, known: int) -> None:
@@ -48,5 +48,5 @@ class SchemaTooNew(StoreError):  # noqa: N818
         self.known = known
 
 
-class StoreBusy(StoreError):  # noqa: N818
+class StoreBusy(StoreError):
     """Another connection kept the database locked for longer than the busy timeout."""

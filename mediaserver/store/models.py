@@ -75,7 +75,7 @@ class AgentSpec:
     language: str = "en"
     voice: str = ""  # empty: the TTS engine's default voice
     stt_engine: str = "offline"
-    llm_engine: str = "openai"
+    llm_engine: str = "offline"
     tts_engine: str = "offline"
     stt_fallback: str | None = None
     llm_fallback: str | None = None

@@ -15,8 +15,8 @@ from typing import Any, cast
 from mediaserver.store.errors import InvalidValue
 from mediaserver.store.models import TURN_ENDS, AgentSpec, FaqRule, VadOverrides
 
-STT_ENGINES: frozenset[str] = frozenset(("offline", "deepgram", "openai", "echo"))
-LLM_ENGINES: frozenset[str] = frozenset(("openai", "echo"))
+STT_ENGINES: frozenset[str] = frozenset(("offline", "deepgram", "echo"))
+LLM_ENGINES: frozenset[str] = frozenset(("offline", "openai", "echo"))
 TTS_ENGINES: frozenset[str] = frozenset(("offline", "deepgram", "openai", "echo"))
 _ENGINES = {"stt": STT_ENGINES, "llm": LLM_ENGINES, "tts": TTS_ENGINES}
 
