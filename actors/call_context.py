@@ -83,7 +83,7 @@ class Peers:
     """Sibling refs, updated by the supervisor on restart; a tell to a missing sibling is dropped.
 
     What a dropped message would have carried is recovered by design: audio by replay, a reply
-    request by `SiblingRestarted`, anything else by the rest_for_one restart of later children.
+    request by `SiblingStarted`, anything else by the rest_for_one restart of later children.
     """
 
     def __init__(self) -> None:

@@ -76,7 +76,7 @@ from actors.tree_messages import (
     ChildName,
     RestartDue,
     SessionCheckpoint,
-    SiblingRestarted,
+    SiblingStarted,
     Tick,
     TranscriberStarted,
 )
@@ -265,6 +265,9 @@ class CallSupervisor(PooledActor):
         setup.peers.set(name, slot.ref)
         if name == "ingest":
             self._call_handle.attach_ingest(slot.ref)
+        if name == "responder":
+            # The Session may have asked for a reply while no Responder was there to hear it.
+            setup.peers.tell("session", SiblingStarted(child=name, generation=generation))
         if name == "transcriber":
             setup.peers.tell(
                 "ingest",
@@ -316,10 +319,6 @@ class CallSupervisor(PooledActor):
                         call_id=self.call_id, child=name, generation=generation, error=""
                     )
                 )
-                if name == "responder":
-                    self.setup.peers.tell(
-                        "session", SiblingRestarted(child=name, generation=generation)
-                    )
         self._pending.clear()
 
     def _watch(self) -> None:

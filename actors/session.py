@@ -9,7 +9,7 @@ the turn in flight, and checkpoints its state after every change.
 Exactly once: an utterance whose audio ends at or before `heard_through` has been settled
 already (a replay after a restart) and is ignored; a `ReplyFinished` for a turn at or before
 `replied_through` likewise. A reply asked for and not finished is re-sent when the Responder
-restarts (`SiblingRestarted`). Hooks run on the dispatcher thread running this actor; a raise
+restarts (`SiblingStarted`). Hooks run on the dispatcher thread running this actor; a raise
 fails this instance, and rest_for_one restarts every child after it.
 """
 
@@ -36,7 +36,7 @@ from actors.tree_messages import (
     Reply,
     ReplyFinished,
     SessionCheckpoint,
-    SiblingRestarted,
+    SiblingStarted,
     Speak,
     UtteranceTranscribed,
 )
@@ -71,7 +71,7 @@ class Session(CallChild):
                 self._greet()
             case ReplyFinished():
                 self._reply_finished(message)
-            case SiblingRestarted(child="responder"):
+            case SiblingStarted(child="responder"):
                 if self.state.pending is not None:
                     self.log.info(
                         "= re-sending turn %d to the new responder", self.state.pending.turn_id

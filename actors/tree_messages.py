@@ -8,7 +8,7 @@ and none is counted twice.
     supervisor <- ChildFailed, Checkpointed            (every child)
     supervisor -> RestartDue, Tick                     (from the shared timer, to itself)
     supervisor -> TranscriberStarted                   -> ingest (then ingest replays)
-    supervisor -> SiblingRestarted                     -> session (re-sends a lost Reply)
+    supervisor -> SiblingStarted                       -> session (re-sends a lost Reply)
     ingest     -> TranscribeAudio, AudioReplayed, TurnEnded   -> transcriber
     ingest     -> CallerStartedSpeaking                -> responder (barge-in)
     transcriber-> InterimTranscribed, UtteranceTranscribed    -> session
@@ -112,7 +112,7 @@ class CallFinished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SiblingRestarted:
+class SiblingStarted:
     child: ChildName
     generation: int
 

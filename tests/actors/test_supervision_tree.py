@@ -15,7 +15,6 @@ from actors.messages import (
     ResponseCompleted,
     TurnRecorded,
 )
-from config.settings import SupervisionSettings
 from tests.actors.conftest import SUPERVISION, make_harness
 from tests.actors.fakes import Script, wait_until
 from tests.timing import MS
@@ -108,7 +107,8 @@ def test_too_many_restarts_escalate_and_end_the_call():
         assert "transcriber" in ended[0].detail
         assert any(e.kind == "escalated" for e in call.outbox.of(CallEventRecorded))
         assert call.handle.wait_ended(1000 * MS)
-        wait_until(lambda: harness.registry.count() == 0)
+        registry = harness.registry
+        wait_until(lambda: registry.count() == 0)
 
 
 def test_a_hung_engine_is_detected_and_replaced_without_duplicate_output(harness):
@@ -159,7 +159,9 @@ def test_a_system_exit_in_one_call_leaves_another_call_untouched(harness):
 
 
 def test_the_tree_snapshot_is_readable_without_asking_the_actors(harness):
-    call = harness.call(faults=FaultPlan(Fault(child="transcriber", message="TurnEnded", nth=1)))
+    call = harness.call(
+        faults=FaultPlan(Fault(child="transcriber", message="AudioReplayed", nth=1))
+    )
     words = call.caller.say(2)
     call.outbox.wait_for(lambda box: replies_to(call, words))
     tree = call.handle.tree()
