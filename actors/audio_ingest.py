@@ -13,9 +13,10 @@ edge's `CallHandle`. For each frame it:
 
 If it fails, the audio still queued in its mailbox goes back to the handle, which delivers it
 to the next instance first (a stalled instance's queue is salvaged by the supervisor the same
-way before it is abandoned). Its mailbox drops the oldest audio beyond `supervision.audio_backlog_ms` (counted, and an
-`AudioDropped` fact). Checkpoint: the speech state, on each change. Hooks run on the dispatcher
-thread running this actor; a raise fails this instance only (the supervisor restarts it).
+way before it is abandoned). Its mailbox drops the oldest audio beyond
+`supervision.audio_backlog_ms` (counted, and an `AudioDropped` fact). Checkpoint: the speech
+state, on each change. Hooks run on the dispatcher thread running this actor; a raise fails
+this instance only (the supervisor restarts it).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -97,6 +98,7 @@ class Harness:
         return call
 
 
+@contextmanager
 def make_harness(
     supervision: SupervisionSettings = SUPERVISION, limits: LimitsSettings | None = None
 ) -> Iterator[Harness]:
@@ -112,4 +114,5 @@ def make_harness(
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    yield from make_harness()
+    with make_harness() as harness:
+        yield harness

@@ -67,10 +67,14 @@ class RecordingOutbox:
             return [m for m in self.messages if isinstance(m, kind)]
 
     def wait_for(
-        self, predicate: Callable[[RecordingOutbox], object], timeout: float = 5000 * MS
+        self,
+        predicate: Callable[[RecordingOutbox], object],
+        timeout: float = 5000 * MS,
+        *,
+        raise_: bool = True,
     ) -> None:
         with self._changed:
-            if not self._changed.wait_for(lambda: predicate(self), timeout):
+            if not self._changed.wait_for(lambda: predicate(self), timeout) and raise_:
                 kinds = [type(m).__name__ for m in self.messages[-30:]]
                 raise AssertionError(f"timed out; last messages: {kinds}")
 

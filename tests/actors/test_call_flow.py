@@ -118,7 +118,7 @@ def test_hang_up_stops_every_actor_and_thread_of_the_call(harness):
 
 
 def test_calls_beyond_the_limits_are_refused_with_a_reason():
-    for harness in make_harness(SUPERVISION, LimitsSettings(max_calls=2, company_max_calls=1)):
+    with make_harness(SUPERVISION, LimitsSettings(max_calls=2, company_max_calls=1)) as harness:
         harness.call(company_id="a")
         refused = harness.admit(company_id="a")
         assert isinstance(refused, CallRefused) and refused.reason == "company_capacity"

@@ -98,7 +98,7 @@ def test_an_engine_that_gives_up_is_replaced_and_the_audio_replayed(harness):
 
 def test_too_many_restarts_escalate_and_end_the_call():
     settings = SUPERVISION.model_copy(update={"max_restarts": 2})
-    for harness in make_harness(settings):
+    with make_harness(settings) as harness:
         faults = [Fault(child="transcriber", message="EngineOutput", nth=n) for n in (2, 4, 6)]
         call = harness.call(faults=FaultPlan(*faults))
         call.caller.say(3)
@@ -107,8 +107,7 @@ def test_too_many_restarts_escalate_and_end_the_call():
         assert "transcriber" in ended[0].detail
         assert any(e.kind == "escalated" for e in call.outbox.of(CallEventRecorded))
         assert call.handle.wait_ended(1000 * MS)
-        registry = harness.registry
-        wait_until(lambda: registry.count() == 0)
+        wait_until(lambda: harness.registry.count() == 0)
 
 
 def test_a_hung_engine_is_detected_and_replaced_without_duplicate_output(harness):

@@ -1,0 +1,100 @@
+"""The pure pieces of the call tree: turn detection, sentences, supervision policy, replay."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actors.replay_buffer import ReplayBuffer
+from actors.sentences import SentenceSplitter, SpokenText
+from actors.supervision import ChildSpec, RestartIntensity, rest_for_one, should_restart
+from actors.tree_messages import TurnEnded
+from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector, TurnSettings
+from config.settings import SupervisionSettings
+from tests.actors.fakes import SILENCE, FakeVad, word_frame
+
+
+def feed(detector: TurnDetector, frames: list[bytes], t0: float = 10.0) -> list:
+    events = []
+    for i, frame in enumerate(frames):
+        events += detector.feed(frame, t0 + i * 0.02)
+    return events
+
+
+def test_speech_starts_after_min_speech_and_the_turn_ends_after_the_silence():
+    detector = TurnDetector(TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200), FakeVad())
+    events = feed(detector, [SILENCE] * 8 + [word_frame(1)] * 10 + [SILENCE] * 15)
+    assert [type(e) for e in events] == [SpeechBegan, SpeechEnded]
+    began, ended = events
+    assert abs(began.at - (10.0 + 8 * 0.02)) < 0.033  # the first voiced window
+    assert began.sample == 8 * 320  # 8 silent frames = 5 silent windows; the 6th is voiced
+    assert ended.started_at == began.at
+    assert abs(ended.ended_at - (10.0 + 18 * 0.02)) < 0.033
+
+
+def test_a_blip_shorter_than_min_speech_is_not_speech():
+    detector = TurnDetector(TurnSettings(min_speech_ms=200), FakeVad())
+    assert feed(detector, [word_frame(1)] * 4 + [SILENCE] * 30) == []
+
+
+def test_sentences_come_out_as_soon_as_they_end():
+    splitter = SentenceSplitter()
+    assert splitter.feed("Hello there") == []
+    assert splitter.feed(".") == []  # the boundary needs the following space
+    assert splitter.feed(" How are") == ["Hello there."]
+    assert splitter.feed(" you? It costs 3.5 euros") == ["How are you?"]
+    assert splitter.flush() == "It costs 3.5 euros"
+
+
+def test_spoken_text_is_what_the_played_audio_covers():
+    spoken = SpokenText()
+    spoken.voiced(spoken.sent("One two three four."), 400)
+    spoken.voiced(spoken.sent("Five six."), 200)
+    assert spoken.spoken(0) == ""
+    assert spoken.spoken(200) == "One two"
+    assert spoken.spoken(500) == "One two three four. Five"
+    assert spoken.spoken(10_000) == "One two three four. Five six."
+
+
+def test_rest_for_one_and_restart_types():
+    order = ("session", "ingest", "transcriber", "responder")
+    assert rest_for_one(order, "ingest") == ("ingest", "transcriber", "responder")
+    assert rest_for_one(order, "responder") == ("responder",)
+    assert should_restart(ChildSpec(name="x", restart="permanent"))
+    assert should_restart(ChildSpec(name="x", restart="transient"), abnormal=True)
+    assert not should_restart(ChildSpec(name="x", restart="transient"), abnormal=False)
+    assert not should_restart(ChildSpec(name="x", restart="temporary"))
+
+
+def test_restart_intensity_backs_off_exponentially_then_escalates():
+    settings = SupervisionSettings(
+        max_restarts=3, restart_window_s=10, backoff_initial_ms=50, backoff_max_ms=150
+    )
+    intensity = RestartIntensity(settings)
+    delays = []
+    for t in (0.0, 1.0, 2.0):
+        assert intensity.record(t)
+        delays.append(intensity.backoff_s())
+    assert delays == [0.05, 0.1, 0.15]
+    assert not intensity.record(3.0)  # the 4th within 10 s
+    fresh = RestartIntensity(settings)
+    assert all(fresh.record(t) for t in (0.0, 11.0, 22.0, 33.0, 44.0))  # spread out: fine
+
+
+def test_replay_buffer_replays_after_the_settled_offset_and_refuses_old_writers():
+    buffer = ReplayBuffer(max_s=1.0)
+    buffer.admit_writer(1)
+    first = buffer.append_audio(1, word_frame(1), 0.0)
+    end = TurnEnded(offset=320, start_offset=0, speech_started_at=0.0, speech_ended_at=0.02)
+    assert buffer.append_turn_end(1, end)
+    second = buffer.append_audio(1, word_frame(2), 0.02)
+    assert first is not None and second is not None and second.offset == 320
+    assert buffer.since(0) == (first, end, second)
+    assert buffer.since(320) == (second,)
+    buffer.trim(320)
+    assert buffer.since(0) == (second,)
+    buffer.admit_writer(2)
+    assert buffer.append_audio(1, SILENCE, 0.04) is None
+    for i in range(60):  # 1.2 s into a 1 s buffer: the oldest goes
+        buffer.append_audio(2, SILENCE, 0.06 + i * 0.02)
+    assert buffer.seconds() <= 1.0 and buffer.dropped_bytes > 0
+    assert np.frombuffer(buffer.since(0)[0].pcm, dtype=np.int16).max() == 0
