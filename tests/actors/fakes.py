@@ -11,12 +11,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from actors.engines import (
     CallEngines,
     EngineFailed,
+    EngineResult,
     ReplyCompleted,
     ReplyRequest,
     Sink,
@@ -29,6 +31,7 @@ from actors.messages import AudioReceived, Outbound
 from actors.timer import Timer
 from tests.timing import MS
 
+T = TypeVar("T")
 FRAME_SAMPLES = 320  # 20 ms at 16 kHz
 FRAMES_PER_WORD = 5
 
@@ -62,7 +65,7 @@ class RecordingOutbox:
             self.messages.append(message)
             self._changed.notify_all()
 
-    def of(self, kind: type) -> list:
+    def of(self, kind: type[T]) -> list[T]:
         with self._changed:
             return [m for m in self.messages if isinstance(m, kind)]
 
@@ -78,7 +81,7 @@ class RecordingOutbox:
                 kinds = [type(m).__name__ for m in self.messages[-30:]]
                 raise AssertionError(f"timed out; last messages: {kinds}")
 
-    def wait_count(self, kind: type, n: int, timeout: float = 5000 * MS) -> list:
+    def wait_count(self, kind: type[T], n: int, timeout: float = 5000 * MS) -> list[T]:
         self.wait_for(lambda box: len(box.of(kind)) >= n, timeout)
         return self.of(kind)
 
@@ -198,7 +201,7 @@ class FakeTtsStream:
         self.script, self.sink = script, sink
         self.sent = 0
 
-    def _later(self, result: object) -> None:
+    def _later(self, result: EngineResult) -> None:
         if self.script.tts_delay_s and self.script.timer is not None:
             self.script.timer.call_later(self.script.tts_delay_s, lambda: self.sink(result))
         else:

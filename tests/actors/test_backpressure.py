@@ -6,8 +6,15 @@ import threading
 
 from actors.faults import Fault, FaultPlan
 from actors.messages import AudioDropped, HangUp
-from tests.actors.conftest import SUPERVISION, make_harness
+from actors.snapshot import ActorSnapshot
+from tests.actors.conftest import SUPERVISION, Call, make_harness
 from tests.actors.fakes import SILENCE, wait_until
+
+
+def ingest_snapshot(call: Call) -> ActorSnapshot:
+    tree = call.handle.tree()
+    assert tree is not None
+    return tree.children[1]
 
 
 def test_a_stuck_ingest_drops_its_oldest_audio_and_says_how_much():
@@ -19,10 +26,10 @@ def test_a_stuck_ingest_drops_its_oldest_audio_and_says_how_much():
         )
         call = harness.call(faults=plan)
         call.caller.frame(SILENCE)  # ingest hangs on this one
-        wait_until(lambda: call.handle.tree().children[1].handler_running_s > 0)
+        wait_until(lambda: ingest_snapshot(call).handler_running_s > 0)
         for _ in range(50):  # 1 s of audio while the ingest is stuck
             call.caller.frame(SILENCE)
-        ingest = call.handle.tree().children[1]
+        ingest = ingest_snapshot(call)
         assert ingest.mailbox_depth <= 6  # 100 ms of 20 ms frames, plus the newest
         assert ingest.oldest_message_age_s >= 0
         release.set()

@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from actors.faults import Fault, FaultPlan
+from actors.faults import Fault, FaultKind, FaultPlan
 from actors.messages import CallEnded, CallEventRecorded, ResponseCompleted, TurnRecorded
 from tests.actors.conftest import SUPERVISION, make_harness
 from tests.actors.fakes import Script
@@ -34,7 +34,7 @@ def answered(call, expected: str) -> bool:
     return bool(box.of(CallEnded)) or any(r.content == expected for r in box.of(ResponseCompleted))
 
 
-def converse(call, results: dict, done: threading.Event) -> None:
+def converse(call, results: dict[str, list[str]], done: threading.Event) -> None:
     """Speak TURNS turns, waiting for each answer; stop early if the call ends."""
     try:
         for _ in range(TURNS):
@@ -65,13 +65,14 @@ def test_fifty_calls_with_five_hundred_random_crashes():
     plans = [FaultPlan() for _ in range(CALLS)]
     for _ in range(CRASHES):
         child, message, seen = rng.choice(TARGETS)
-        kind = rng.choice(["exception", "exception", "system_exit"])
+        kinds: list[FaultKind] = ["exception", "exception", "system_exit"]
+        kind = rng.choice(kinds)
         plans[rng.randrange(CALLS)].arm(
             Fault(child=child, message=message, nth=rng.randint(1, seen), kind=kind)
         )
     with make_harness(settings) as harness:
         calls = [harness.call(faults=plan, script=Script(tts_ms_per_word=2)) for plan in plans]
-        results: dict = {}
+        results: dict[str, list[str]] = {}
         finished = [threading.Event() for _ in calls]
         threads = [
             threading.Thread(target=converse, args=(call, results, done))

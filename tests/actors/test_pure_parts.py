@@ -7,13 +7,13 @@ import numpy as np
 from actors.replay_buffer import ReplayBuffer
 from actors.sentences import SentenceSplitter, SpokenText
 from actors.supervision import ChildSpec, RestartIntensity, rest_for_one, should_restart
-from actors.tree_messages import TurnEnded
-from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector, TurnSettings
+from actors.tree_messages import TranscribeAudio, TurnEnded
+from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector, TurnEvent, TurnSettings
 from config.settings import SupervisionSettings
 from tests.actors.fakes import SILENCE, FakeVad, word_frame
 
 
-def feed(detector: TurnDetector, frames: list[bytes], t0: float = 10.0) -> list:
+def feed(detector: TurnDetector, frames: list[bytes], t0: float = 10.0) -> list[TurnEvent]:
     events = []
     for i, frame in enumerate(frames):
         events += detector.feed(frame, t0 + i * 0.02)
@@ -23,8 +23,8 @@ def feed(detector: TurnDetector, frames: list[bytes], t0: float = 10.0) -> list:
 def test_speech_starts_after_min_speech_and_the_turn_ends_after_the_silence():
     detector = TurnDetector(TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200), FakeVad())
     events = feed(detector, [SILENCE] * 8 + [word_frame(1)] * 10 + [SILENCE] * 15)
-    assert [type(e) for e in events] == [SpeechBegan, SpeechEnded]
     began, ended = events
+    assert isinstance(began, SpeechBegan) and isinstance(ended, SpeechEnded)
     assert abs(began.at - (10.0 + 8 * 0.02)) < 0.033  # the first voiced window
     assert began.sample == 8 * 320  # 8 silent frames = 5 silent windows; the 6th is voiced
     assert ended.started_at == began.at
@@ -97,4 +97,5 @@ def test_replay_buffer_replays_after_the_settled_offset_and_refuses_old_writers(
     for i in range(60):  # 1.2 s into a 1 s buffer: the oldest goes
         buffer.append_audio(2, SILENCE, 0.06 + i * 0.02)
     assert buffer.seconds() <= 1.0 and buffer.dropped_bytes > 0
-    assert np.frombuffer(buffer.since(0)[0].pcm, dtype=np.int16).max() == 0
+    oldest = buffer.since(0)[0]
+    assert isinstance(oldest, TranscribeAudio) and np.frombuffer(oldest.pcm, np.int16).max() == 0
