@@ -9,6 +9,7 @@ import pykka
 from actors.messages import (
     BotAudio,
     CallEnded,
+    CallEventRecorded,
     CallRefused,
     FlushAudio,
     HangUp,
@@ -25,9 +26,10 @@ from actors.messages import (
     TurnRecorded,
     UsageRecorded,
 )
+from actors.responder import APOLOGY
 from config.settings import LimitsSettings
 from tests.actors.conftest import SUPERVISION, make_harness
-from tests.actors.fakes import wait_until
+from tests.actors.fakes import Script, wait_until
 from tests.timing import MS
 
 
@@ -134,3 +136,16 @@ def test_shutdown_refuses_new_calls_and_ends_live_ones_after_the_drain(harness):
     assert isinstance(refused, CallRefused) and refused.reason == "shutting_down"
     assert harness.registry.drained.wait(2000 * MS)
     assert call.outbox.of(CallEnded)[0].reason == "shutdown"
+
+
+def test_a_failed_llm_request_is_retried_once_then_the_caller_hears_an_apology(harness):
+    call = harness.call(script=Script(llm_fail=1, tts_ms_per_word=5))
+    call.handle.tell(TextReceived(call_id=call.call_id, text="one", received_at=1.0))
+    assert call.outbox.wait_count(ResponseCompleted, 1)[0].content == "You said one. Okay."
+    call.script.llm_fail = 2
+    call.handle.tell(TextReceived(call_id=call.call_id, text="two", received_at=2.0))
+    apology = call.outbox.wait_count(ResponseCompleted, 2)[1]
+    assert apology.content == APOLOGY
+    assert any(a.turn_id == apology.turn_id for a in call.outbox.of(BotAudio))
+    events = call.outbox.of(CallEventRecorded)
+    assert any(e.kind == "reply_failed" and e.data["turn_id"] == apology.turn_id for e in events)
