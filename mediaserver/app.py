@@ -1,6 +1,8 @@
 """Composition root: builds the whole server from `Settings`, top to bottom, and runs it.
 
-    settings -> engine check -> store (migrations, demo tenant) -> HTTP app -> uvicorn on one socket
+    settings -> engine check -> store (migrations, demo tenant)
+             -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
+             -> HTTP app -> uvicorn on one socket
              -> signal handlers (SIGTERM drains, SIGINT stops now)
 
 Everything is built here with plain constructor calls; tests build the same pieces the same way.
@@ -21,7 +23,12 @@ from typing import TextIO
 
 import uvicorn
 from fastapi import FastAPI
+from pykka import ActorDeadError, ActorRef
 
+from actors.call_registry import CallRegistry
+from actors.messages import Shutdown
+from actors.runtime import Dispatcher
+from actors.switchboard import Switchboard
 from config.settings import Settings
 from mediaserver.errors import StartupError
 from mediaserver.http.health import health_routes
@@ -124,63 +131,120 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             logger.warning("= closed %d calls a previous run left open", ended)
         key = await ensure_demo_tenant(store)
         lifecycle = Lifecycle()
-        sock = bind_socket(settings.server.host, settings.server.port)
-        port = sock.getsockname()[1]
-        base = format_url(settings.server.host, port)
-        config = uvicorn.Config(
-            build_http_app(lifecycle),
-            ws="websockets-sansio",
-            access_log=False,
-            log_config=None,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-        server = _Server(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if serving.done():
-                serving.result()
-                raise StartupError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
-        lifecycle.mark_ready()
-
-        if key is not None:
-            print(f"API key: {key}", file=out)
-            print("  (shown once; make more with `mediaserver key create`)", file=out)
-        print(f"Health: {base}/healthz  Ready: {base}/readyz", file=out)
-        print(f"listening on {base}", file=out, flush=True)
-
-        loop = asyncio.get_running_loop()
-        drain_s = settings.limits.drain_s
-
-        def on_signal(sig: signal.Signals) -> None:
-            if not lifecycle.begin_drain():
-                logger.warning("< %s again: stopping now", sig.name)
-                server.force_exit = True
-                server.should_exit = True
-                return
-            logger.info("< %s: %s", sig.name, "draining" if sig is signal.SIGTERM else "stopping")
-            deadline = drain_s if sig is signal.SIGTERM else 0.0
-            loop.create_task(_drain_and_stop(server, lifecycle, deadline))
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+        calls = start_actors(settings)
         try:
-            await serving
+            sock = bind_socket(settings.server.host, settings.server.port)
+            base = format_url(settings.server.host, sock.getsockname()[1])
+            server = _Server(
+                uvicorn.Config(
+                    build_http_app(lifecycle),
+                    ws="websockets-sansio",
+                    access_log=False,
+                    log_config=None,
+                    lifespan="off",
+                    timeout_graceful_shutdown=5,
+                )
+            )
+            # Before the listening line: a signal from then on always takes the orderly path.
+            with _signals_handled(server, lifecycle, calls, settings.limits.drain_s):
+                serving = asyncio.create_task(server.serve(sockets=[sock]))
+                while not server.started:
+                    if serving.done():
+                        serving.result()
+                        raise StartupError("the HTTP server stopped while starting")
+                    await asyncio.sleep(0.01)
+                lifecycle.mark_ready()
+                if key is not None:
+                    print(f"API key: {key}", file=out)
+                    print("  (shown once; make more with `mediaserver key create`)", file=out)
+                print(f"Health: {base}/healthz  Ready: {base}/readyz", file=out)
+                print(f"listening on {base}", file=out, flush=True)
+                await serving
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            await calls.close()
         lifecycle.mark_stopped()
         return 0
     finally:
         await store.close()
 
 
-async def _drain_and_stop(server: uvicorn.Server, lifecycle: Lifecycle, drain_s: float) -> None:
+def start_actors(settings: Settings) -> Calls:
+    """The shared dispatcher threads, the registry of live calls, and the Switchboard."""
+    dispatcher = Dispatcher(threads=settings.supervision.dispatcher_threads, name="calls")
+    registry = CallRegistry()
+    switchboard = Switchboard.start(
+        dispatcher,
+        limits=settings.limits,
+        supervision=settings.supervision,
+        vad=settings.vad,
+        registry=registry,
+    )
+    return Calls(switchboard=switchboard, registry=registry, dispatcher=dispatcher)
+
+
+@contextlib.contextmanager
+def _signals_handled(
+    server: uvicorn.Server, lifecycle: Lifecycle, calls: Calls, drain_s: float
+) -> Iterator[None]:
+    """SIGTERM drains for `drain_s`, SIGINT stops without a drain, a second signal stops now."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not lifecycle.begin_drain():
+            logger.warning("< %s again: stopping now", sig.name)
+            server.force_exit = True
+            server.should_exit = True
+            return
+        logger.info("< %s: %s", sig.name, "draining" if sig is signal.SIGTERM else "stopping")
+        deadline = drain_s if sig is signal.SIGTERM else 0.0
+        tasks.append(loop.create_task(_drain_and_stop(server, calls, deadline)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+class Calls:
+    """The actor side as the edge sees it: the Switchboard, its registry, the dispatcher."""
+
+    def __init__(
+        self, *, switchboard: ActorRef[Switchboard], registry: CallRegistry, dispatcher: Dispatcher
+    ) -> None:
+        self.switchboard = switchboard
+        self.registry = registry
+        self.dispatcher = dispatcher
+
+    async def drain(self, drain_s: float) -> bool:
+        """Refuse new calls, let live ones run up to `drain_s`, then end them (`shutdown`).
+
+        Returns True when every call ended. Waits off the event loop.
+        """
+        self.switchboard.tell(Shutdown(drain_s=drain_s))
+        # The Switchboard hangs up what is left at the deadline; give the trees a moment to stop.
+        grace_s = 5.0
+        return await asyncio.to_thread(self.registry.drained.wait, drain_s + grace_s)
+
+    async def close(self) -> None:
+        """Stop the Switchboard and the dispatcher's threads (idempotent)."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with contextlib.suppress(ActorDeadError):
+            self.switchboard.stop(block=True, timeout=5.0)
+        self.dispatcher.shutdown(timeout=5.0)
+
+
+async def _drain_and_stop(server: uvicorn.Server, calls: Calls, drain_s: float) -> None:
     """Let live calls run until `drain_s`, end the rest with reason `shutdown`, stop serving."""
     started = time.monotonic()
-    logger.info("= draining for up to %.1f s", drain_s)
-    # Calls arrive with the WebRTC and telephony edges; until then nothing is live to wait for.
+    live = calls.registry.count()
+    logger.info("= draining %d calls for up to %.1f s", live, drain_s)
+    if not await calls.drain(drain_s):
+        logger.error("= %d calls did not end after the drain", calls.registry.count())
+    logger.info("= drained after %.2f s", time.monotonic() - started)
     server.should_exit = True
-    logger.info("= stopped after %.2f s", time.monotonic() - started)
-    _ = lifecycle
