@@ -15,8 +15,9 @@ If it fails, the audio still queued in its mailbox goes back to the handle, whic
 to the next instance first (a stalled instance's queue is salvaged by the supervisor the same
 way before it is abandoned). Its mailbox drops the oldest audio beyond
 `supervision.audio_backlog_ms` (counted, and an `AudioDropped` fact). Checkpoint: the speech
-state, on each change. Hooks run on the dispatcher thread running this actor; a raise fails
-this instance only (the supervisor restarts it).
+state, on each change, for the snapshot; a new instance rebuilds it exactly from the buffered
+audio of the open turn instead (see `started`). Hooks run on the dispatcher thread running
+this actor; a raise fails this instance only (the supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from actors.tree_messages import (
     AudioReplayed,
     CallerStartedSpeaking,
     IngestCheckpoint,
+    TranscribeAudio,
     TranscriberStarted,
     TurnEnded,
 )
@@ -44,18 +46,37 @@ if TYPE_CHECKING:
 class AudioIngest(CallChild):
     def __init__(self, ctx: ChildContext) -> None:
         super().__init__(ctx)
-        checkpoint = ctx.checkpoint
-        self._state = checkpoint if isinstance(checkpoint, IngestCheckpoint) else IngestCheckpoint()
+        self._state = IngestCheckpoint()  # rebuilt from the replay buffer in started()
         self._feeding = -1  # the Transcriber generation that has had its replay
         self._turns: TurnDetector | None = None
         self._base_offset = 0
 
     def started(self) -> None:
+        """Rebuild the turn state by running the VAD over the buffered audio of the open turn.
+
+        The state is a pure function of that audio, so a restarted instance decides exactly what
+        its predecessor would have, including a turn end it crashed before recording.
+        """
+        replay = self.setup.replay
         self._turns = TurnDetector(self.setup.turns, self.setup.engines.vad())
-        self._turns.resume(
-            in_speech=self._state.in_speech, speech_started_at=self._state.speech_started_at
-        )
-        self._base_offset = self.setup.replay.next_offset
+        items = replay.since(0)
+        ends = [i for i, item in enumerate(items) if isinstance(item, TurnEnded)]
+        audio = [
+            item
+            for item in items[ends[-1] + 1 if ends else 0 :]
+            if isinstance(item, TranscribeAudio)
+        ]
+        self._base_offset = audio[0].offset if audio else replay.next_offset
+        for item in audio:
+            for event in self._turns.feed(item.pcm, item.captured_at):
+                if isinstance(event, SpeechBegan):
+                    self._state = IngestCheckpoint(
+                        in_speech=True,
+                        speech_started_at=event.at,
+                        speech_start_offset=self._base_offset + event.sample,
+                    )
+                else:
+                    self._speech_ended(event, item.offset + len(item.pcm) // 2)
 
     def on_failure(
         self,

@@ -305,7 +305,12 @@ class CallSupervisor(PooledActor):
         if name == "ingest":
             self._call_handle.attach_ingest(None)
         if slot.ref is not None and not failed:
-            slot.ref.stop(block=False)  # never raises: a dead actor just stays dead
+            if isinstance(slot.actor, AudioIngest):
+                # Its queued audio goes to the next instance, not through a silenced one.
+                self._call_handle.salvage(slot.ref, slot.actor.drain_audio)
+                slot.actor.abandon()
+            else:
+                slot.ref.stop(block=False)  # never raises: a dead actor just stays dead
         slot.ref = slot.actor = None
 
     def _restart_pending(self) -> None:

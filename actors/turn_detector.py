@@ -78,13 +78,6 @@ class TurnDetector:
         self.in_speech = False
         self.speech_started_at: float | None = None
 
-    def resume(self, *, in_speech: bool, speech_started_at: float | None) -> None:
-        """Continue from a checkpoint taken by an earlier instance."""
-        self.in_speech = in_speech
-        self.speech_started_at = speech_started_at
-        if in_speech and speech_started_at is not None:
-            self._last_voiced_end = speech_started_at
-
     def feed(self, pcm: bytes, captured_at: float) -> list[TurnEvent]:
         samples = np.frombuffer(pcm, dtype=np.int16)
         # Time of the first pending sample: the pending tail precedes this frame.
