@@ -18,7 +18,7 @@ from tests.timing import MS
 
 @pytest.fixture
 def dispatcher() -> Iterator[Dispatcher]:
-    dispatcher = Dispatcher(threads=2, name="test", stall_compensation_s=0.2)
+    dispatcher = Dispatcher(threads=2, name="test")
     yield dispatcher
     assert dispatcher.shutdown(timeout=5000 * MS)
 
@@ -104,8 +104,8 @@ def actor_of(ref: pykka.ActorRef[Any]) -> Any:
     return actor
 
 
-def runtime_threads() -> set[str]:
-    return {thread.name for thread in threading.enumerate() if thread.name.startswith("test")}
+def threads_named(prefix: str) -> set[str]:
+    return {thread.name for thread in threading.enumerate() if thread.name.startswith(prefix)}
 
 
 def test_messages_of_one_actor_stay_in_order_under_concurrent_producers(dispatcher):
@@ -150,8 +150,9 @@ def test_hooks_run_on_worker_threads_and_on_start_comes_first(dispatcher):
     ref = Recorder.start(dispatcher)
     ref.ask("flush", timeout=2000 * MS)
     actor = actor_of(ref)
-    assert actor.started_on in {"test-0", "test-1"}
-    assert actor.threads <= {"test-0", "test-1"}
+    workers = threads_named("test-") - {"test-monitor"}
+    assert actor.started_on in workers
+    assert actor.threads <= workers
 
 
 def test_exception_in_ask_goes_to_the_caller_and_the_actor_lives(dispatcher):
@@ -192,7 +193,7 @@ def test_base_exception_fails_only_the_actor_that_raised_it(dispatcher, error):
     assert not failing.is_alive()
     assert healthy.is_alive()
     assert healthy.ask("fine", timeout=2000 * MS) == "fine"
-    assert dispatcher.stats()["threads"] == 2  # the worker survived
+    assert dispatcher.stats()["threads"] >= 2  # the worker survived
 
 
 def test_base_exception_in_ask_reaches_the_caller_as_actor_dead_error(dispatcher):
@@ -214,7 +215,7 @@ def test_failing_on_failure_hook_does_not_kill_the_worker(dispatcher):
     assert actor_of(failing).actor_stopped.wait(2000 * MS)
     others = [Recorder.start(dispatcher) for _ in range(4)]
     assert [ref.ask(n, timeout=2000 * MS) for n, ref in enumerate(others)] == [0, 1, 2, 3]
-    assert dispatcher.stats()["threads"] == 2
+    assert dispatcher.stats()["threads"] >= 2
 
 
 def test_on_start_failure_stops_the_actor_without_on_failure(dispatcher):
@@ -340,7 +341,8 @@ def test_stats_show_backlog_age_and_the_running_handler(dispatcher):
     assert busy.oldest_age_s(busy.oldest_enqueued_at + 1.5) == pytest.approx(1.5)
 
 
-def test_stalled_handler_gets_a_compensating_worker_so_others_keep_flowing(dispatcher):
+def test_stalled_handler_gets_a_compensating_worker_so_others_keep_flowing():
+    dispatcher = Dispatcher(threads=2, name="test-stall", stall_compensation_s=0.1)
     releases = [threading.Event(), threading.Event()]
     stuck = [Recorder.start(dispatcher), Recorder.start(dispatcher)]
     for ref, release in zip(stuck, releases, strict=True):
@@ -350,13 +352,12 @@ def test_stalled_handler_gets_a_compensating_worker_so_others_keep_flowing(dispa
     # Both original workers are now blocked; only compensating workers can serve these.
     others = [Recorder.start(dispatcher) for _ in range(10)]
     replies = [ref.ask(n, block=False) for n, ref in enumerate(others)]
-    assert [reply.get(timeout=3000 * MS) for reply in replies] == list(range(10))
-    stats = dispatcher.stats()
-    assert stats["compensating"] >= 1
-    assert stats["stalled"] == 2
-
-    for release in releases:
-        release.set()
+    try:
+        assert [reply.get(timeout=3000 * MS) for reply in replies] == list(range(10))
+        assert dispatcher.stats()["compensating"] >= 1
+    finally:
+        for release in releases:
+            release.set()
     for ref in stuck:
         ref.ask("flush", timeout=2000 * MS)
     deadline = time.monotonic() + 3000 * MS
@@ -364,6 +365,7 @@ def test_stalled_handler_gets_a_compensating_worker_so_others_keep_flowing(dispa
         time.sleep(10 * MS)  # polling a pool size the monitor shrinks on its own tick
     assert dispatcher.stats()["threads"] == 2
     assert dispatcher.stats()["compensating"] == 0
+    assert dispatcher.shutdown(timeout=5000 * MS)
 
 
 def test_compensation_is_capped():
@@ -453,8 +455,8 @@ def test_abandoned_idle_dedicated_actor_releases_its_thread(dispatcher):
     ref = Worker.start(dispatcher)
     ref.ask("flush", timeout=2000 * MS)
     (name,) = actor_of(ref).threads
-    assert actor_of(ref).abandon()
     thread = next(t for t in threading.enumerate() if t.name == name)
+    assert actor_of(ref).abandon()
     thread.join(2000 * MS)
     assert not thread.is_alive()
 
@@ -489,7 +491,9 @@ def test_shutdown_abandons_an_actor_stuck_past_the_timeout():
         release.set()
 
 
-def test_a_thousand_actors_share_two_threads(dispatcher):
+def test_a_thousand_actors_share_two_threads():
+    # No monitor: on a loaded CI box a descheduled worker could look stalled and be compensated.
+    dispatcher = Dispatcher(threads=2, name="test-1k", stall_compensation_s=None)
     before = threading.active_count()
     refs = [Recorder.start(dispatcher) for _ in range(1000)]
     assert threading.active_count() == before
@@ -498,5 +502,20 @@ def test_a_thousand_actors_share_two_threads(dispatcher):
             ref.tell(n)
     replies = [ref.ask("seen", block=False) for ref in refs]
     assert [reply.get(timeout=5000 * MS) for reply in replies] == [[n] * 5 for n in range(1000)]
-    assert runtime_threads() == {"test-0", "test-1", "test-monitor"}
+    assert threads_named("test-1k") == {"test-1k-0", "test-1k-1"}
     assert dispatcher.stats()["actors"] == 1000
+    assert dispatcher.shutdown(timeout=10_000 * MS)
+
+
+def test_a_parked_worker_is_woken_when_the_active_one_is_inside_a_long_handler():
+    # No monitor: only the wake rule at submit time can bring in the second worker.
+    dispatcher = Dispatcher(threads=2, name="test-help", stall_compensation_s=None, help_after_s=0)
+    release, entered = threading.Event(), threading.Event()
+    try:
+        blocked = Recorder.start(dispatcher)
+        blocked.tell(Block(entered=entered, release=release))
+        assert entered.wait(2000 * MS)
+        assert Recorder.start(dispatcher).ask("served", timeout=2000 * MS) == "served"
+    finally:
+        release.set()
+        assert dispatcher.shutdown(timeout=5000 * MS)
