@@ -11,6 +11,10 @@ edge's `CallHandle`. For each frame it:
    emits `SpeechStarted` and tells the Responder (barge-in); after `end_of_turn_silence_ms` of
    silence it emits `SpeechStopped` and, with `turn_end="vad"`, records and sends `TurnEnded`.
 
+Echo agent: when all three of the agent's engines are "echo" (`echoes`), every frame is also
+put back out as `BotAudio` (turn `ECHO_TURN_ID`) right after it is ingested, so the caller hears
+themself through the whole inbound path: the classic media-server echo test.
+
 If it fails, the audio still queued in its mailbox goes back to the handle, which delivers it
 to the next instance first (a stalled instance's queue is salvaged by the supervisor the same
 way before it is abandoned). Its mailbox drops the oldest audio beyond
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from actors.call_child import CallChild
 from actors.errors import BadAudio
-from actors.messages import SAMPLE_RATE, AudioReceived, SpeechStarted, SpeechStopped
+from actors.messages import SAMPLE_RATE, AudioReceived, BotAudio, SpeechStarted, SpeechStopped
 from actors.tree_messages import (
     AudioReplayed,
     CallerStartedSpeaking,
@@ -40,7 +44,16 @@ from actors.tree_messages import (
 from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector
 
 if TYPE_CHECKING:
+    from actors.agent import AgentConfig
     from actors.call_context import ChildContext
+
+ECHO = "echo"
+ECHO_TURN_ID = 0  # the Session numbers real turns from 1
+
+
+def echoes(agent: AgentConfig) -> bool:
+    """True for the echo agent: its speech, reply and voice engines are all `echo`."""
+    return agent.stt_engine == agent.llm_engine == agent.tts_engine == ECHO
 
 
 class AudioIngest(CallChild):
@@ -50,6 +63,7 @@ class AudioIngest(CallChild):
         self._feeding = -1  # the Transcriber generation that has had its replay
         self._turns: TurnDetector | None = None
         self._base_offset = 0
+        self._echo = echoes(ctx.setup.agent)
 
     def started(self) -> None:
         """Rebuild the turn state by running the VAD over the buffered audio of the open turn.
@@ -123,6 +137,15 @@ class AudioIngest(CallChild):
         item = replay.append_audio(self.generation, message.pcm, message.captured_at)
         if item is None:
             return  # replaced meanwhile
+        if self._echo:
+            self.emit(
+                BotAudio(
+                    call_id=self.call_id,
+                    turn_id=ECHO_TURN_ID,
+                    pcm=message.pcm,
+                    sample_rate=message.sample_rate,
+                )
+            )
         if self._feeding == self.setup.generations.current("transcriber"):
             self.tell_peer("transcriber", item)
         assert self._turns is not None
