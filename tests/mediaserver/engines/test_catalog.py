@@ -1,0 +1,136 @@
+"""EngineCatalog: engine names to engines, provider hooks, refusals, warm-up and close."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.agent import AgentConfig, FaqRule
+from config.settings import OfflineSettings
+from mediaserver.engines.catalog import EngineCatalog, EngineUnavailable, ProviderEngines
+from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
+from mediaserver.engines.scripted import ScriptedLlm
+from mediaserver.engines.synthesis import SentenceTts
+from mediaserver.engines.whisper import WhisperStt
+from mediaserver.errors import EdgeError, StartupError
+
+OFFLINE = AgentConfig(id="a1", name="Offline")
+ECHO = AgentConfig(id="a2", name="Echo", stt_engine="echo", llm_engine="echo", tts_engine="echo")
+
+
+def test_offline_names_give_the_embedded_engines_sharing_one_vad(catalog):
+    engines = catalog.engines_for(OFFLINE)
+    assert isinstance(engines.stt, WhisperStt)
+    assert isinstance(engines.llm, ScriptedLlm)
+    assert isinstance(engines.tts, SentenceTts) and engines.tts.name == "piper"
+    assert engines.vad is catalog.engines_for(ECHO).vad is catalog.vad
+
+
+def test_warm_up_loaded_the_models_and_spare_vads(catalog):
+    assert catalog.whisper is not None and catalog.whisper.loaded
+    assert catalog.piper.loaded
+    assert catalog.vad.models >= 2
+
+
+def test_echo_names_give_the_echo_engines(catalog):
+    engines = catalog.engines_for(ECHO)
+    assert isinstance(engines.stt, EchoStt)
+    assert isinstance(engines.llm, EchoLlm)
+    assert isinstance(engines.tts, EchoTts)
+
+
+@pytest.mark.parametrize(("voice", "name"), [("espeak", "espeak-ng"), ("espeak:de", "espeak-ng")])
+def test_the_espeak_voice_selects_espeak_ng(catalog, voice, name):
+    engines = catalog.engines_for(AgentConfig(id="a3", name="Robot", voice=voice))
+    assert isinstance(engines.tts, SentenceTts) and engines.tts.name == name
+
+
+def test_an_unknown_offline_voice_falls_back_to_piper(catalog, caplog):
+    engines = catalog.engines_for(AgentConfig(id="a4", name="Alloy", voice="alloy"))
+    assert isinstance(engines.tts, SentenceTts) and engines.tts.name == "piper"
+    assert "no voice 'alloy'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("agent", "message"),
+    [
+        (AgentConfig(id="x", name="x", stt_engine="vosk"), "unknown stt engine 'vosk'"),
+        (AgentConfig(id="x", name="x", llm_engine="gpt"), "unknown llm engine 'gpt'"),
+        (AgentConfig(id="x", name="x", tts_engine="polly"), "unknown tts engine 'polly'"),
+        (
+            AgentConfig(id="x", name="x", stt_engine="deepgram"),
+            "stt engine 'deepgram' is not configured on this server",
+        ),
+        (
+            AgentConfig(id="x", name="x", llm_engine="openai"),
+            "llm engine 'openai' is not configured on this server",
+        ),
+        (
+            AgentConfig(id="x", name="x", faq=(FaqRule(pattern="(", answer="a", regex=True),)),
+            "agent x: faq rule 0",
+        ),
+    ],
+)
+def test_an_engine_the_server_cannot_provide_is_refused_with_a_reason(catalog, agent, message):
+    with pytest.raises(EngineUnavailable, match=message.replace("(", r"\(")) as refused:
+        catalog.engines_for(agent)
+    assert isinstance(refused.value, EdgeError)
+
+
+def test_provider_hooks_make_the_network_engines_per_agent():
+    asked: list[tuple[str, str]] = []
+
+    def factory(kind: str):
+        def make(agent: AgentConfig) -> object:
+            asked.append((kind, agent.id))
+            return EchoStt() if kind == "stt" else EchoLlm() if kind == "llm" else EchoTts()
+
+        return make
+
+    catalog = EngineCatalog(
+        OfflineSettings(),
+        providers=ProviderEngines(
+            deepgram_stt=factory("stt"),
+            deepgram_tts=factory("tts"),
+            openai_llm=factory("llm"),
+            openai_tts=factory("tts"),
+        ),
+    )
+    try:
+        agent = AgentConfig(
+            id="p1", name="Cloud", stt_engine="deepgram", llm_engine="openai", tts_engine="openai"
+        )
+        catalog.engines_for(agent)
+        catalog.engines_for(AgentConfig(id="p2", name="Cloud", tts_engine="deepgram"))
+        assert asked == [("stt", "p1"), ("llm", "p1"), ("tts", "p1"), ("tts", "p2")]
+    finally:
+        catalog.close()
+
+
+def test_close_stops_the_pools_and_refuses_further_calls():
+    catalog = EngineCatalog(OfflineSettings())
+    catalog.close()
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        catalog.engines_for(OFFLINE)
+    with pytest.raises(RuntimeError):
+        catalog.executors.transcriptions.submit(lambda: None)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (OfflineSettings(piper_voice="/nowhere/voice.onnx"), "offline.piper_voice"),
+        (OfflineSettings(whisper_model="./no-such-model"), "offline.whisper_model"),
+    ],
+)
+def test_a_missing_model_file_stops_the_server_at_start(settings, message):
+    with pytest.raises(StartupError, match=message):
+        EngineCatalog(settings)
+
+
+def test_a_model_size_is_left_for_faster_whisper_to_fetch():
+    catalog = EngineCatalog(OfflineSettings(whisper_model="base.en"))
+    try:
+        assert catalog.whisper is not None and catalog.whisper.model == "base.en"
+        assert not catalog.whisper.loaded  # nothing is fetched before a call needs it
+    finally:
+        catalog.close()
