@@ -212,6 +212,8 @@ def _check_paths(offline: OfflineSettings) -> None:
     voice = offline.piper_voice
     if voice and not Path(voice).expanduser().is_file():
         raise StartupError(f"offline.piper_voice: no voice file at {voice}")
+    if voice and not Path(f"{voice}.json").expanduser().is_file():
+        raise StartupError(f"offline.piper_voice: no voice config at {voice}.json")
     model = offline.whisper_model
     looks_like_path = "/" in model or model.startswith(("~", "."))
     if looks_like_path and not Path(model).expanduser().is_dir():

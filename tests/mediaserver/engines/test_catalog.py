@@ -127,6 +127,13 @@ def test_a_missing_model_file_stops_the_server_at_start(settings, message):
         EngineCatalog(settings)
 
 
+def test_a_piper_voice_without_its_config_stops_the_server_at_start(tmp_path):
+    voice = tmp_path / "voice.onnx"
+    voice.write_bytes(b"onnx")
+    with pytest.raises(StartupError, match="no voice config"):
+        EngineCatalog(OfflineSettings(piper_voice=str(voice)))
+
+
 def test_a_model_size_is_left_for_faster_whisper_to_fetch():
     catalog = EngineCatalog(OfflineSettings(whisper_model="base.en"))
     try:
