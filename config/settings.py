@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -51,9 +51,37 @@ class StoreSettings(Section):
 
 
 class WebRTCSettings(Section):
+    """One aiortc peer per call. Host addresses, advertised address and ports: decision 0030."""
+
     stun_urls: list[str] = []
-    ice_connect_timeout_s: float = Field(20.0, gt=0)
-    outbound_queue_ms: int = Field(1000, ge=20, description="Bot audio queued toward a peer")
+    turn_urls: list[str] = []
+    turn_username: str = ""
+    turn_password: SecretStr | None = None
+    host_addresses: list[str] = Field(
+        [],
+        description='Local addresses offered as host candidates, e.g. ["127.0.0.1"]; '
+        "empty = every interface but loopback",
+    )
+    advertised_address: str = Field(
+        "", description="Address put in host candidates instead of the bound one (1:1 NAT)"
+    )
+    udp_port_min: int = Field(0, ge=0, le=65535, description="0 with udp_port_max 0 = any port")
+    udp_port_max: int = Field(0, ge=0, le=65535)
+    ice_connect_timeout_s: float = Field(20.0, gt=0, description="Answer sent -> connected")
+    media_timeout_s: float = Field(
+        10.0, gt=0, description="No caller audio for this long ends the call (ice_failed)"
+    )
+    outbound_queue_ms: int = Field(
+        60_000, ge=20, description="Bot audio buffered toward a peer (TTS runs ahead of playback)"
+    )
+
+    @model_validator(mode="after")
+    def _port_range(self) -> WebRTCSettings:
+        if (self.udp_port_min == 0) != (self.udp_port_max == 0) or (
+            self.udp_port_min > self.udp_port_max
+        ):
+            raise ValueError("udp_port_min and udp_port_max: both 0, or 1 <= min <= max")
+        return self
 
 
 class VadSettings(Section):
