@@ -1,0 +1,302 @@
+"""CallEdge: starts calls for every transport (signaling, WHIP, telephony) and keeps them.
+
+    key -> authenticate -> Company
+    open_call(company, agent?, peer, transport) -> LiveCall
+        refusals first (draining, call attempts per minute, unknown agent),
+        AgentConfig from the store row, the agent's engines, AdmitCall to the Switchboard,
+        its answer on the call's own outbox, then the conversation and call rows.
+
+Refusals raise `CallRefusal` with one of `REFUSALS`; each transport maps them to its own wire
+(signaling close codes, WHIP HTTP statuses). Runs on the event loop; it never waits on an actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from pykka import ActorDeadError, ActorRef
+
+from actors.agent import AgentConfig
+from actors.agent import FaqRule as AgentFaqRule
+from actors.agent import VadOverrides as AgentVadOverrides
+from actors.call_registry import CallRegistry
+from actors.engines import CallEngines
+from actors.faults import FaultPlan
+from actors.messages import AdmitCall, RefusalReason
+from config.settings import LimitsSettings
+from mediaserver.calls.attempts import CallAttempts
+from mediaserver.calls.live_call import AdmissionRefused, LiveCall, Transport
+from mediaserver.calls.outbox import CallOutbox
+from mediaserver.calls.recorder import CallRecorder
+from mediaserver.errors import EdgeError
+from mediaserver.lifecycle import Lifecycle
+from mediaserver.store import Agent, Company, Store, StoreError
+from mediaserver.store import Transport as TransportName
+
+logger = logging.getLogger(__name__)
+
+ADMISSION_TIMEOUT_S = 5.0
+
+Refusal = Literal[
+    "unauthorized",
+    "unknown_agent",
+    "rate_limited",
+    "capacity",
+    "company_capacity",
+    "shutting_down",
+    "internal",
+]
+REFUSALS: tuple[Refusal, ...] = (
+    "unauthorized",
+    "unknown_agent",
+    "rate_limited",
+    "capacity",
+    "company_capacity",
+    "shutting_down",
+    "internal",
+)
+
+
+class CallRefusal(EdgeError):
+    """A call was not started; `reason` is one of `REFUSALS`, `retry_after_s` a hint or 0."""
+
+    def __init__(self, reason: Refusal, *, retry_after_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason: Refusal = reason
+        self.retry_after_s = retry_after_s
+
+
+class EngineSource(Protocol):
+    """Chooses a call's engines from its agent's engine names (`mediaserver.engines`)."""
+
+    def engines_for(self, agent: AgentConfig, /) -> CallEngines: ...
+
+
+def agent_config(agent: Agent) -> AgentConfig:
+    """The call tree's view of a store agent row."""
+    spec = agent.spec
+    return AgentConfig(
+        id=agent.id,
+        name=spec.name,
+        system_prompt=spec.system_prompt,
+        greeting=spec.greeting,
+        language=spec.language,
+        voice=spec.voice,
+        stt_engine=spec.stt_engine,
+        llm_engine=spec.llm_engine,
+        tts_engine=spec.tts_engine,
+        faq=tuple(
+            AgentFaqRule(pattern=rule.match, answer=rule.answer, regex=True)
+            if isinstance(rule.match, str)
+            else AgentFaqRule(pattern=",".join(rule.match), answer=rule.answer, regex=False)
+            for rule in spec.faq
+        ),
+        vad=AgentVadOverrides(
+            threshold=spec.vad.threshold,
+            min_speech_ms=spec.vad.min_speech_ms,
+            end_of_turn_silence_ms=spec.vad.end_of_turn_silence_ms,
+            turn_end=spec.vad.turn_end,
+        ),
+        recording=spec.recording,
+    )
+
+
+class CallEdge:
+    """The calls of this server, for every transport. Loop only.
+
+    Args:
+        outbound_audio_ms: bot audio a call's outbox holds before dropping the oldest (the
+            transport has its own, larger, real-time queue behind it).
+        faults: makes a `FaultPlan` per call (debug.fault_injection), or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        switchboard: ActorRef[Any],
+        registry: CallRegistry,
+        lifecycle: Lifecycle,
+        limits: LimitsSettings,
+        engines: EngineSource,
+        outbound_audio_ms: float = 60_000,
+        faults: Callable[[], FaultPlan] | None = None,
+    ) -> None:
+        self._store = store
+        self._switchboard = switchboard
+        self._registry = registry
+        self._lifecycle = lifecycle
+        self._limits = limits
+        self._engines = engines
+        self._outbound_audio_ms = outbound_audio_ms
+        self._faults = faults
+        self._attempts = CallAttempts(limits.call_attempts_per_min)
+        self._live: dict[str, LiveCall] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, call_id: str) -> LiveCall | None:
+        return self._live.get(call_id)
+
+    def live_calls(self) -> list[LiveCall]:
+        return list(self._live.values())
+
+    def capacity_left(self) -> int:
+        """Calls this server may still admit (0 while draining)."""
+        if not self._lifecycle.accepting_calls:
+            return 0
+        return max(0, self._limits.max_calls - self._registry.count())
+
+    # -- starting calls ------------------------------------------------------------------------
+
+    async def authenticate(self, api_key: str) -> Company:
+        """The company of a live API key.
+
+        Raises:
+            CallRefusal: "unauthorized" (unknown, revoked or malformed key), or "internal".
+        """
+        try:
+            found = await self._store.authenticate_key(api_key)
+        except StoreError:
+            logger.exception("= authenticating a key failed")
+            raise CallRefusal("internal") from None
+        if found is None:
+            raise CallRefusal("unauthorized")
+        return found[0]
+
+    async def open_call(
+        self,
+        company: Company,
+        *,
+        transport: Transport,
+        transport_name: TransportName,
+        peer_id: str,
+        agent_id: str | None = None,
+    ) -> LiveCall:
+        """Start a call for `company` carried by `transport`; it runs until it ends.
+
+        Raises:
+            CallRefusal: the call did not start (nothing of it is left behind).
+        """
+        if not self._lifecycle.accepting_calls:
+            raise CallRefusal("shutting_down")
+        if not self._attempts.allow(company.id):
+            raise CallRefusal(
+                "rate_limited", retry_after_s=self._attempts.retry_after_s(company.id)
+            )
+        agent = await self._find_agent(company.id, agent_id)
+        config = agent_config(agent)
+        try:
+            engines = self._engines.engines_for(config)
+        except Exception:
+            logger.exception("= no engines for agent %s", agent.id)
+            raise CallRefusal("internal") from None
+
+        call_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        outbox = CallOutbox(loop, audio_backlog_ms=self._outbound_audio_ms)
+        recorder = CallRecorder(self._store, company_id=company.id, call_id=call_id, agent=config)
+        call = LiveCall(
+            call_id=call_id,
+            company_id=company.id,
+            agent=config,
+            transport=transport,
+            outbox=outbox,
+            recorder=recorder,
+            limits=self._limits,
+        )
+        try:
+            self._switchboard.tell(
+                AdmitCall(
+                    call_id=call_id,
+                    company_id=company.id,
+                    agent=config,
+                    transport=transport_name,
+                    outbox=outbox,
+                    engines=engines,
+                    faults=self._faults() if self._faults is not None else None,
+                )
+            )
+        except ActorDeadError:
+            logger.error("= the Switchboard is gone: refusing calls")
+            raise CallRefusal("internal") from None
+        try:
+            await call.admitted(ADMISSION_TIMEOUT_S)
+        except AdmissionRefused as refused:
+            raise CallRefusal(_refusal(refused.reason)) from None
+
+        try:
+            conversation = await self._store.create_conversation(company.id, agent.id, peer_id)
+            await self._store.start_call(
+                company.id,
+                call_id=call_id,
+                conversation_id=conversation.id,
+                agent_id=agent.id,
+                transport=transport_name,
+                peer_id=peer_id,
+            )
+        except (StoreError, asyncio.CancelledError) as exc:
+            call.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            call.log.error("= store: the call's rows were not written: %s", exc)
+            raise CallRefusal("internal") from None
+        call.conversation_id = conversation.id
+        recorder.start()
+        call.start_timers()
+        self._live[call_id] = call
+        watcher = loop.create_task(self._forget_when_finished(call))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        call.log.info(
+            "= call started: %s, company %s, agent %s, peer %r",
+            transport_name,
+            company.id,
+            agent.id,
+            peer_id,
+        )
+        return call
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Wait until every live call has finished (they end through the Switchboard's drain)."""
+        calls = self.live_calls()
+        if not calls:
+            return
+        _, pending = await asyncio.wait(
+            [asyncio.ensure_future(call.finished.wait()) for call in calls], timeout=timeout_s
+        )
+        for waiter in pending:
+            waiter.cancel()
+        if pending:
+            logger.error("= %d calls had not finished at close", len(pending))
+
+    async def _find_agent(self, company_id: str, agent_id: str | None) -> Agent:
+        try:
+            agent = (
+                await self._store.get_agent(company_id, agent_id)
+                if agent_id
+                else await self._store.get_default_agent(company_id)
+            )
+        except StoreError:
+            logger.exception("= reading agent %r failed", agent_id)
+            raise CallRefusal("internal") from None
+        if agent is None:
+            raise CallRefusal("unknown_agent")
+        return agent
+
+    async def _forget_when_finished(self, call: LiveCall) -> None:
+        await call.finished.wait()
+        self._live.pop(call.call_id, None)
+
+
+def _refusal(reason: RefusalReason) -> Refusal:
+    match reason:
+        case "capacity" | "company_capacity" | "shutting_down":
+            return reason
+        case _:
+            return "internal"  # "duplicate" or no answer: our bug, not the caller's
