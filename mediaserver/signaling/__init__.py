@@ -1,0 +1,1 @@
+"""WebSocket signaling for WebRTC callers: contract v1 in docs/signaling.md."""
