@@ -23,7 +23,7 @@ the period in 10 groups the way independent peers' packets arrive (`--burst`: al
 own CPU is in `cpu %` and shown apart as `feeder %`. `gc max ms` is the longest garbage
 collector pause in the window: a full collection stops every thread.
 
-Run: `.venv/bin/python -m bench.actors` (about a minute). The last stdout line is JSON: `rows`
+Run: `.venv/bin/python bench/actors.py` or `.venv/bin/python -m bench.actors` (about a minute). The last stdout line is JSON: `rows`
 are the real trees, `baseline_rows` stock pykka, `synthetic_rows` the synthetic pooled tree.
 """
 
@@ -39,6 +39,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script, this folder comes first on sys.path and its name `actors.py` would shadow
+    # the `actors` package: put the project root there instead.
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # types-psutil is not installed
