@@ -1,8 +1,9 @@
 """Composition root: builds the whole server from `Settings`, top to bottom, and runs it.
 
-    settings -> engine check -> store (migrations, demo tenant)
+    settings -> engine check -> store (migrations, demo tenant) -> ICE policy, engine catalog
              -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
-             -> HTTP app -> uvicorn on one socket
+             -> CallEdge (calls for every transport)
+             -> HTTP app (health, /signal, /whip, request log) -> uvicorn on one socket
              -> signal handlers (SIGTERM drains, SIGINT stops now)
 
 Everything is built here with plain constructor calls; tests build the same pieces the same way.
@@ -30,10 +31,16 @@ from actors.messages import Shutdown
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import Settings
+from mediaserver.calls import CallEdge
+from mediaserver.engines.catalog import EngineCatalog
 from mediaserver.errors import StartupError
+from mediaserver.http.access_log import RequestLog
 from mediaserver.http.health import health_routes
+from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
+from mediaserver.signaling.server import signaling_routes
 from mediaserver.store import AgentSpec, Store
+from mediaserver.webrtc.ice import configure_ice
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +117,35 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build_http_app(lifecycle: Lifecycle) -> FastAPI:
+def build_http_app(
+    lifecycle: Lifecycle, *, edge: CallEdge | None = None, settings: Settings | None = None
+) -> FastAPI:
+    """Health; with a call edge also `WS /signal` and WHIP. Request lines are logged redacted."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(health_routes(lifecycle))
+    app.add_middleware(RequestLog)
+    capacity_left = edge.capacity_left if edge is not None else None
+    app.include_router(health_routes(lifecycle, capacity_left=capacity_left))
+    if edge is not None:
+        assert settings is not None
+        webrtc, limits = settings.webrtc, settings.limits
+        app.include_router(signaling_routes(edge, webrtc=webrtc, limits=limits))
+        app.include_router(WhipEndpoint(edge, webrtc=webrtc, limits=limits).routes())
     return app
+
+
+def http_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+    """uvicorn for `app`, websockets by the websockets library, frames capped (1009 beyond)."""
+    return _Server(
+        uvicorn.Config(
+            app,
+            ws="websockets-sansio",
+            ws_max_size=settings.limits.signal_message_max_bytes,
+            access_log=False,
+            log_config=None,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
 
 
 async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
@@ -131,20 +163,23 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             logger.warning("= closed %d calls a previous run left open", ended)
         key = await ensure_demo_tenant(store)
         lifecycle = Lifecycle()
+        configure_ice(settings.webrtc)
+        catalog = EngineCatalog(settings.offline)
+        await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
+        edge = CallEdge(
+            store=store,
+            switchboard=calls.switchboard,
+            registry=calls.registry,
+            lifecycle=lifecycle,
+            limits=settings.limits,
+            engines=catalog,
+            outbound_audio_ms=settings.webrtc.outbound_queue_ms,
+        )
         try:
             sock = bind_socket(settings.server.host, settings.server.port)
             base = format_url(settings.server.host, sock.getsockname()[1])
-            server = _Server(
-                uvicorn.Config(
-                    build_http_app(lifecycle),
-                    ws="websockets-sansio",
-                    access_log=False,
-                    log_config=None,
-                    lifespan="off",
-                    timeout_graceful_shutdown=5,
-                )
-            )
+            server = http_server(build_http_app(lifecycle, edge=edge, settings=settings), settings)
             # Before the listening line: a signal from then on always takes the orderly path.
             with _signals_handled(server, lifecycle, calls, settings.limits.drain_s):
                 serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -161,7 +196,9 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
                 print(f"listening on {base}", file=out, flush=True)
                 await serving
         finally:
+            await edge.close()
             await calls.close()
+            await asyncio.to_thread(catalog.close)
         lifecycle.mark_stopped()
         return 0
     finally:
