@@ -23,7 +23,7 @@ the period in 10 groups the way independent peers' packets arrive (`--burst`: al
 own CPU is in `cpu %` and shown apart as `feeder %`. `gc max ms` is the longest garbage
 collector pause in the window: a full collection stops every thread.
 
-Run: `.venv/bin/python bench/actors.py` or `.venv/bin/python -m bench.actors` (about a minute). The last stdout line is JSON: `rows`
+Run: `.venv/bin/python bench/actors.py` (about a minute). The last stdout line is JSON: `rows`
 are the real trees, `baseline_rows` stock pykka, `synthetic_rows` the synthetic pooled tree.
 """
 
