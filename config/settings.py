@@ -141,16 +141,41 @@ class OfflineSettings(Section):
 
 
 class TwilioSettings(Section):
-    account_sid: str = ""
+    """Twilio Media Streams (docs/telephony.md). With `auth_token` set, X-Twilio-Signature is
+    checked on the voice webhook and the stream upgrade, and calls can be hung up over REST."""
+
+    account_sid: str = Field("", description="Empty = the account of each call's stream")
     auth_token: SecretStr | None = None
-    default_agent_id: str = ""
+    default_agent_id: str = Field("", description="Answers numbers not in the number table")
     api_base_url: str = "https://api.twilio.com"
+    hangup_timeout_s: float = Field(5.0, gt=0, description="Per REST hang-up attempt")
+    playout_lead_ms: int = Field(
+        100, ge=20, le=2000, description="Bot audio sent ahead of real time (20 ms frames)"
+    )
+    mark_every_ms: int = Field(
+        100, ge=20, description="Playback marks within a reply (barge-in text accuracy)"
+    )
 
 
 class ExotelSettings(Section):
-    username: str = ""
+    """Exotel voicebot streams (docs/telephony.md); the field-name choices are unverified."""
+
+    username: str = Field("", description="Basic auth on the stream upgrade when set")
     password: SecretStr | None = None
     default_agent_id: str = ""
+    agent_parameter: str = Field(
+        "agent_id", min_length=1, description="custom_parameters key (or query) naming an agent"
+    )
+    stream_sid_field: Literal["stream_sid", "streamSid"] = Field(
+        "stream_sid", description="Spelling of the stream id in the messages we send"
+    )
+    chunk_ms: int = Field(
+        200,
+        ge=100,
+        multiple_of=20,
+        description="Outbound media per message: whole 20 ms frames, >= 3200 bytes",
+    )
+    playout_lead_ms: int = Field(400, ge=100, le=5000, description="Sent ahead of real time")
 
 
 class DebugSettings(Section):
