@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 
-import httpx
+import httpx2
 
 from config.settings import TwilioSettings
 
@@ -29,10 +29,10 @@ class TwilioCalls:
     """Hangs up Twilio calls. One per server; `close` it at shutdown."""
 
     def __init__(
-        self, settings: TwilioSettings, *, client: httpx.AsyncClient | None = None
+        self, settings: TwilioSettings, *, client: httpx2.AsyncClient | None = None
     ) -> None:
         self._settings = settings
-        self._client = client or httpx.AsyncClient(timeout=settings.hangup_timeout_s)
+        self._client = client or httpx2.AsyncClient(timeout=settings.hangup_timeout_s)
         self.hung_up = 0
         self.failed = 0
 
@@ -65,7 +65,7 @@ class TwilioCalls:
                     data={"Status": "completed"},
                     auth=(account, token.get_secret_value()),
                 )
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 status, detail = 0, type(exc).__name__
             else:
                 status, detail = response.status_code, response.reason_phrase
