@@ -9,7 +9,9 @@
 
 A call ends from here with reason `ice_failed` when ICE does not connect within
 `webrtc.ice_connect_timeout_s` of the answer, when the connection fails or is closed by the
-remote side, or when caller audio stops for `webrtc.media_timeout_s` (a peer that vanished).
+remote side, or when a caller that offered to send audio sends none for
+`webrtc.media_timeout_s` once connected (a peer that vanished).
+
 aiortc gathers all its candidates before `setLocalDescription` returns, so the answer is
 complete (no trickle from the server). Loop only. aiortc's exceptions never leave this module:
 a bad offer or candidate is `BadOffer`.
@@ -114,6 +116,7 @@ class CallPeer:
         self.track: BotAudioTrack | None = None
         self.events: RTCDataChannel | None = None
         self.receive_only = False
+        self._caller_sends = False  # the offer's audio is sendrecv or sendonly
         self.closed = False
         self.connected_after_s: float | None = None  # answer -> connected
         self._answered_at: float | None = None
@@ -140,6 +143,7 @@ class CallPeer:
         if self.closed:
             raise BadOffer("the call has ended")
         direction = audio_direction(offer_sdp)
+        self._caller_sends = direction in ("sendrecv", "sendonly")
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             for transceiver in self._pc.getTransceivers():
@@ -262,6 +266,9 @@ class CallPeer:
                 self.connected_after_s = time.monotonic() - self._answered_at
             if self.track is not None:
                 self._call.media_connected()
+            if self._caller_sends and self._media_timer is None:
+                self._last_audio_at = time.monotonic()  # audio must flow from now on
+                self._watch_media()
         elif state in ("failed", "closed"):
             self._call.hang_up("ice_failed")
 
@@ -287,8 +294,6 @@ class CallPeer:
                     return
                 assert isinstance(frame, AudioFrame)
                 now = time.monotonic()
-                if self._last_audio_at is None:
-                    self._watch_media()
                 self._last_audio_at = now
                 for pcm, captured_at in audio.convert(frame, now):
                     call.audio_received(pcm, captured_at)

@@ -179,8 +179,8 @@ class BotAudioTrack(MediaStreamTrack):
         return self._encode(pcm)
 
     def _next_frame(self) -> bytes | None:
-        if not self._frames and self._pending:
-            self._end_turn()  # the reply has paused or ended: send its tail now
+        if len(self._frames) <= 1 and self._pending:
+            self._end_turn()  # the reply has paused or ended: its tail goes out next
         if self._frames:
             turn_id, pcm = self._frames.popleft()
             self._silence_left = TAIL_SILENCE_FRAMES
