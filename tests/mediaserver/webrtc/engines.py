@@ -42,6 +42,13 @@ class ToneStt:
         return ToneSttStream(sink)
 
 
+class BrokenStt:
+    """Fails to open, every time: the Transcriber keeps failing until the call escalates."""
+
+    def open(self, call_id: str, sink: Sink) -> ToneSttStream:
+        raise RuntimeError("the STT provider is down")
+
+
 def tts_tone(words: int) -> bytes:
     n = TTS_RATE * TTS_MS_PER_WORD * words // 1000
     t = np.arange(n) / TTS_RATE

@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from actors.agent import AgentConfig
+from actors.call_registry import CallRegistry
 from actors.engines import CallEngines
 from config.settings import (
     LimitsSettings,
@@ -41,7 +42,7 @@ from mediaserver.lifecycle import Lifecycle
 from mediaserver.store import AgentSpec, Store
 from mediaserver.webrtc.ice import configure_ice
 from tests.actors.fakes import FakeLlm, FakeVad, Script
-from tests.mediaserver.webrtc.engines import ToneStt, ToneTts
+from tests.mediaserver.webrtc.engines import BrokenStt, ToneStt, ToneTts
 from tests.timing import MS
 
 RATE = 48_000
@@ -52,19 +53,21 @@ WEBRTC = WebRTCSettings(host_addresses=["127.0.0.1"])
 SUPERVISION = SupervisionSettings(dispatcher_threads=2)
 
 
-class TestEngines:
+class FakeEngineSource:
     """Engines by agent: `echo` names get the echo engines, anything else the tone fakes."""
 
     def __init__(self) -> None:
         self.script = Script()
-        self.fail = False
+        self.fail = False  # engines_for raises: the call is refused
+        self.broken_stt = False  # the STT engine raises on open: the call tree escalates
 
     def engines_for(self, agent: AgentConfig, /) -> CallEngines:
         if self.fail:
             raise RuntimeError("no engines today")
         if agent.stt_engine == "echo":
             return CallEngines(stt=EchoStt(), llm=EchoLlm(), tts=EchoTts(), vad=FakeVad)
-        return CallEngines(stt=ToneStt(), llm=FakeLlm(self.script), tts=ToneTts(), vad=FakeVad)
+        stt = BrokenStt() if self.broken_stt else ToneStt()
+        return CallEngines(stt=stt, llm=FakeLlm(self.script), tts=ToneTts(), vad=FakeVad)
 
 
 @dataclass
@@ -79,7 +82,8 @@ class Server:
     echo_agent_id: str
     silent_agent_id: str
     settings: Settings
-    engines: TestEngines
+    engines: FakeEngineSource
+    registry: CallRegistry
     drain: Callable[[float], Any]
     ws_url: str = field(init=False)
 
@@ -117,7 +121,7 @@ async def running_server(
     _, key = await store.create_api_key(company.id, label="test")
     lifecycle = Lifecycle()
     calls = start_actors(settings)
-    engines = TestEngines()
+    engines = FakeEngineSource()
     edge = CallEdge(
         store=store,
         switchboard=calls.switchboard,
@@ -152,6 +156,7 @@ async def running_server(
             silent_agent_id=silent.id,
             settings=settings,
             engines=engines,
+            registry=calls.registry,
             drain=drain,
         )
     finally:
