@@ -1,7 +1,8 @@
 """Shared fixtures for the engine tests: models loaded once per session, speech made by Piper.
 
-Speech for the tests is synthesized here, with the same Piper voice the server speaks with, and
-resampled to the 16 kHz the call tree hears.
+Speech for the tests is synthesized here, with the same Piper voice the server speaks with but
+without Piper's random variation (which now and then turns "hours" into "now"), and resampled
+to the 16 kHz the call tree hears.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from piper.config import SynthesisConfig
 
 from config.settings import OfflineSettings
 from mediaserver.engines.catalog import EngineCatalog
@@ -93,13 +95,26 @@ def vad_factory(catalog: EngineCatalog) -> SileroVadFactory:
 
 
 @pytest.fixture(scope="session")
-def say(piper: PiperSpeaker) -> Callable[[str], bytes]:
-    """Text -> 16 kHz PCM16 of Piper speaking it (cached for the session)."""
+def speak_steadily(piper: PiperSpeaker) -> Callable[[str], Speech]:
+    """Text -> Piper's speech without its random variation, so every run hears the same audio."""
+    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    voice = piper.load()
+
+    def speak(text: str) -> Speech:
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, steady))
+        return Speech(pcm=pcm, sample_rate=int(voice.config.sample_rate))
+
+    return speak
+
+
+@pytest.fixture(scope="session")
+def say(speak_steadily: Callable[[str], Speech]) -> Callable[[str], bytes]:
+    """Text -> 16 kHz PCM16 of Piper speaking it, the same every run (cached for the session)."""
     cache: dict[str, bytes] = {}
 
     def speak(text: str) -> bytes:
         if text not in cache:
-            cache[text] = to_16k(piper.synthesize(text))
+            cache[text] = to_16k(speak_steadily(text))
         return cache[text]
 
     return speak

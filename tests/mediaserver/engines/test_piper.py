@@ -45,12 +45,9 @@ def test_sentences_come_back_in_order_in_short_chunks_then_finished(piper, execu
     assert all(name.startswith("offline-tts") for name in sink.threads)
 
 
-def test_piper_speech_is_understood_by_whisper(piper, whisper):
-    heard = whisper.transcribe(
-        np.frombuffer(to_16k(piper.synthesize(SENTENCES[1])), np.int16).astype(np.float32)
-        / 32768.0,
-        "en",
-    )
+def test_piper_speech_is_understood_by_whisper(speak_steadily, whisper):
+    pcm = to_16k(speak_steadily(SENTENCES[1]))
+    heard = whisper.transcribe(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0, "en")
     assert {"open", "morning", "evening"} <= words(heard), heard
     assert {"nine", "9"} & words(heard) and {"six", "6"} & words(heard), heard
 
