@@ -106,12 +106,15 @@ class WhisperRecognizer:
         return self._loaded
 
     def transcribe(self, audio: Audio, language: str) -> str:
-        """The words in `audio` (16 kHz mono float32), "" for silence or noise. Blocking."""
+        """The words in `audio` (16 kHz mono float32), "" for silence or noise. Blocking.
+
+        `language` is the agent's ("en", "de-CH", ...); Whisper takes its ISO 639-1 part.
+        """
         model = self.load()
         segments, _info = model.transcribe(
             audio,
             # An English-only model (tiny.en) must be told "en"; others follow the agent.
-            language=language if model.model.is_multilingual else "en",
+            language=whisper_language(language) if model.model.is_multilingual else "en",
             beam_size=1,
             best_of=1,
             temperature=0.0,
@@ -120,6 +123,11 @@ class WhisperRecognizer:
             vad_filter=True,
         )
         return " ".join(str(segment.text).strip() for segment in segments).strip()
+
+
+def whisper_language(language: str) -> str:
+    """The ISO 639-1 code Whisper wants from a language tag: "pt-BR" -> "pt", "" -> "en"."""
+    return language.replace("_", "-").split("-")[0].strip().lower() or "en"
 
 
 def bundled_model() -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from actors.engines import EngineFailed, EngineProgressed, TranscriptReceived
 from mediaserver.engines.executors import EngineExecutors
-from mediaserver.engines.whisper import MAX_BUFFERED_S, WhisperStt
+from mediaserver.engines.whisper import MAX_BUFFERED_S, WhisperStt, whisper_language
 from tests.mediaserver.engines.conftest import Collected, words
 from tests.timing import MS
 
@@ -207,3 +207,10 @@ def test_nothing_is_delivered_after_cancel_or_close(executors, sink, close):
     stream.finalize()
     executors.transcriptions.submit(lambda: None).result()
     assert sink.results == []
+
+
+@pytest.mark.parametrize(
+    ("tag", "code"), [("en", "en"), ("de-CH", "de"), ("pt_BR", "pt"), ("FR", "fr"), ("", "en")]
+)
+def test_an_agents_language_tag_becomes_whispers_language_code(tag, code):
+    assert whisper_language(tag) == code
