@@ -3,7 +3,7 @@
     settings -> engine check -> store (migrations, demo tenant) -> ICE policy, engine catalog
              -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
              -> CallEdge (calls for every transport)
-             -> HTTP app (health, /signal, /whip, request log) -> uvicorn on one socket
+             -> HTTP app (health, /signal, /whip, /twilio, /exotel, request log) -> uvicorn
              -> signal handlers (SIGTERM drains, SIGINT stops now)
 
 Everything is built here with plain constructor calls; tests build the same pieces the same way.
@@ -40,6 +40,9 @@ from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.signaling.server import signaling_routes
 from mediaserver.store import AgentSpec, Store
+from mediaserver.telephony.exotel_stream import exotel_routes
+from mediaserver.telephony.twilio_rest import TwilioCalls
+from mediaserver.telephony.twilio_stream import twilio_routes
 from mediaserver.webrtc.ice import configure_ice
 
 logger = logging.getLogger(__name__)
@@ -118,9 +121,15 @@ class _Server(uvicorn.Server):
 
 
 def build_http_app(
-    lifecycle: Lifecycle, *, edge: CallEdge | None = None, settings: Settings | None = None
+    lifecycle: Lifecycle,
+    *,
+    edge: CallEdge | None = None,
+    settings: Settings | None = None,
+    store: Store | None = None,
 ) -> FastAPI:
-    """Health; with a call edge also `WS /signal` and WHIP. Request lines are logged redacted."""
+    """Health; with a call edge also `WS /signal` and WHIP, and with the store the telephony
+    endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`). Request lines are
+    logged redacted."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(RequestLog)
     capacity_left = edge.capacity_left if edge is not None else None
@@ -130,6 +139,13 @@ def build_http_app(
         webrtc, limits = settings.webrtc, settings.limits
         app.include_router(signaling_routes(edge, webrtc=webrtc, limits=limits))
         app.include_router(WhipEndpoint(edge, webrtc=webrtc, limits=limits).routes())
+        if store is not None:
+            twilio = settings.twilio
+            calls = TwilioCalls(twilio)
+            app.include_router(
+                twilio_routes(edge, store, server=settings.server, settings=twilio, calls=calls)
+            )
+            app.include_router(exotel_routes(edge, store, settings=settings.exotel))
     return app
 
 
@@ -179,7 +195,8 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         try:
             sock = bind_socket(settings.server.host, settings.server.port)
             base = format_url(settings.server.host, sock.getsockname()[1])
-            server = http_server(build_http_app(lifecycle, edge=edge, settings=settings), settings)
+            app = build_http_app(lifecycle, edge=edge, settings=settings, store=store)
+            server = http_server(app, settings)
             # Before the listening line: a signal from then on always takes the orderly path.
             with _signals_handled(server, lifecycle, calls, settings.limits.drain_s):
                 serving = asyncio.create_task(server.serve(sockets=[sock]))

@@ -26,13 +26,11 @@ BACKOFF_S = (0.2, 0.5)
 
 
 class TwilioCalls:
-    """Hangs up Twilio calls. One per server; `close` it at shutdown."""
+    """Hangs up Twilio calls. One per server; it holds no connection between hang-ups (they
+    come once per call), so it needs no closing."""
 
-    def __init__(
-        self, settings: TwilioSettings, *, client: httpx2.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, settings: TwilioSettings) -> None:
         self._settings = settings
-        self._client = client or httpx2.AsyncClient(timeout=settings.hangup_timeout_s)
         self.hung_up = 0
         self.failed = 0
 
@@ -58,12 +56,17 @@ class TwilioCalls:
             return False
         base = self._settings.api_base_url.rstrip("/")
         url = f"{base}/2010-04-01/Accounts/{account}/Calls/{call_sid}.json"
+        async with httpx2.AsyncClient(timeout=self._settings.hangup_timeout_s) as client:
+            return await self._post(client, url, call_sid, account, token.get_secret_value())
+
+    async def _post(
+        self, client: httpx2.AsyncClient, url: str, call_sid: str, account: str, token: str
+    ) -> bool:
+        status, detail = 0, ""
         for attempt in range(ATTEMPTS):
             try:
-                response = await self._client.post(
-                    url,
-                    data={"Status": "completed"},
-                    auth=(account, token.get_secret_value()),
+                response = await client.post(
+                    url, data={"Status": "completed"}, auth=(account, token)
                 )
             except httpx2.HTTPError as exc:
                 status, detail = 0, type(exc).__name__
@@ -84,6 +87,3 @@ class TwilioCalls:
         logger.error("> could not hang up %s: %s %s", call_sid, status, detail)
         self.failed += 1
         return False
-
-    async def close(self) -> None:
-        await self._client.aclose()

@@ -162,7 +162,6 @@ class TelephonyServer:
         await serving
         await self.edge.close(5.0)
         await self.calls.close()
-        await self.rest.close()
         await self.store.close()
 
     def run(self, coroutine_factory: Callable[[], Any], timeout: float = 10_000 * MS) -> Any:
