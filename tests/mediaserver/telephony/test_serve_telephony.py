@@ -29,10 +29,10 @@ def test_serve_answers_the_twilio_webhook_and_streams_the_greeting(server):
         twiml = response.read().decode()
     stream = ElementTree.fromstring(twiml).find("./Connect/Stream")
     assert stream is not None
-    url = stream.get("url")
+    url = stream.get("url", "")
     assert url == server.url.replace("http://", "ws://") + "/twilio/stream"
     caller = FakeTwilio(url)
-    caller.start({p.get("name"): p.get("value") for p in stream})
+    caller.start({p.get("name", ""): p.get("value", "") for p in stream})
     caller.stream()
     caller.wait_for(lambda c: c.events.count("media") >= 10, 30_000 * MS)  # the demo greeting
     caller.stop()
