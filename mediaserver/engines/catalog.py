@@ -2,10 +2,12 @@
 
 The composition root builds one catalog, and the edge asks it for each call's engines:
 
-    catalog = EngineCatalog(settings.offline, providers=ProviderEngines(...))
+    catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
     await asyncio.to_thread(catalog.warm_up)    # optional: load the models before the first call
     engines = catalog.engines_for(agent)        # per call; raises EngineUnavailable
-    await asyncio.to_thread(catalog.close)      # at shutdown: stops the worker pools
+    await catalog.aclose()                      # at shutdown: worker pools, provider clients
+
+(`EngineCatalog(settings.offline)` alone gives the embedded and echo engines only.)
 
 Engine names (the store accepts these, see `mediaserver.store.validation`):
 
@@ -14,23 +16,26 @@ Engine names (the store accepts these, see `mediaserver.store.validation`):
     tts   offline (Piper; espeak-ng for the voice "espeak" or "espeak:<name>")  echo
           deepgram  openai
 
-Every call gets Silero VAD. The network engines are hooks (`ProviderEngines`): the composition
-root passes a factory per engine it can build (it has the keys and the event loop those engines
-need); a name without one is unavailable. The embedded engines share one Whisper model, one
+Every call gets Silero VAD. The network engines are hooks (`ProviderEngines`): a factory per
+engine, made by `provider_engines` for each provider whose credentials are configured (the
+engines run their sockets on the server's event loop and share one SDK client per provider);
+a name without a factory is unavailable. The embedded engines share one Whisper model, one
 Piper voice, a pool of VAD models, and the bounded pools of `EngineExecutors`.
 
 Threads: `engines_for` is cheap and non-blocking (safe on the event loop; models load later, on
-a pool). `warm_up` and `close` block: call them off the loop.
+a pool; provider engines connect per stream). `warm_up` and `close` block: call them off the
+loop; `aclose` runs on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from actors.engines import CallEngines, LlmEngine, SttEngine, TtsEngine
 from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
@@ -45,7 +50,7 @@ from mediaserver.errors import EdgeError, StartupError
 
 if TYPE_CHECKING:
     from actors.agent import AgentConfig
-    from config.settings import OfflineSettings
+    from config.settings import OfflineSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +63,86 @@ class EngineUnavailable(EdgeError):
     """An agent names an engine this server cannot provide; the message says which and why."""
 
 
+class AsyncClosable(Protocol):
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderEngines:
-    """Factories of the network engines, each making the engine for one agent; None = off."""
+    """Factories of the network engines, each making the engine for one agent; None = off.
+
+    `clients` are the shared SDK clients the factories use; `aclose` closes them.
+    """
 
     deepgram_stt: Callable[[AgentConfig], SttEngine] | None = None
     deepgram_tts: Callable[[AgentConfig], TtsEngine] | None = None
     openai_llm: Callable[[AgentConfig], LlmEngine] | None = None
     openai_tts: Callable[[AgentConfig], TtsEngine] | None = None
+    clients: tuple[AsyncClosable, ...] = ()
+
+    async def aclose(self) -> None:
+        """Close the shared clients (on the event loop, after the calls have ended)."""
+        for client in self.clients:
+            await client.close()
+
+
+def provider_engines(settings: Settings, loop: asyncio.AbstractEventLoop) -> ProviderEngines:
+    """Factories for the providers whose credentials are configured.
+
+    Deepgram (speech to text, Aura voices) needs `deepgram.api_key`. OpenAI (chat, speech)
+    needs `openai.api_key`, or just a `base_url` for an OpenAI-compatible server such as Ollama.
+    An agent's `voice`, when set, picks the provider's voice (Aura model, OpenAI voice); its
+    `language` goes to Deepgram. The SDKs are imported only for configured providers.
+
+    Raises:
+        StartupError: a provider's settings cannot make a client (for instance a bad URL).
+    """
+    deepgram = settings.deepgram
+    openai = settings.openai
+    use_deepgram = deepgram.api_key is not None and bool(deepgram.api_key.get_secret_value())
+    use_openai = (openai.api_key is not None and bool(openai.api_key.get_secret_value())) or bool(
+        openai.base_url
+    )
+    engines = ProviderEngines()
+    if not (use_deepgram or use_openai):
+        return engines
+    # Imported here: the SDKs are large, and an offline-only server never needs them.
+    from mediaserver.engines.provider_errors import ProviderError  # noqa: PLC0415
+
+    try:
+        if use_deepgram:
+            from mediaserver.engines.deepgram_stt import (  # noqa: PLC0415
+                DeepgramStt,
+                deepgram_client,
+            )
+            from mediaserver.engines.deepgram_tts import DeepgramTts  # noqa: PLC0415
+
+            listen_speak = deepgram_client(deepgram)
+            engines = replace(
+                engines,
+                deepgram_stt=lambda agent: DeepgramStt(
+                    deepgram, loop, client=listen_speak, language=agent.language
+                ),
+                deepgram_tts=lambda agent: DeepgramTts(
+                    deepgram, loop, client=listen_speak, model=agent.voice or None
+                ),
+            )
+        if use_openai:
+            from mediaserver.engines.openai_llm import OpenAILlm, openai_client  # noqa: PLC0415
+            from mediaserver.engines.openai_tts import OpenAITts  # noqa: PLC0415
+
+            chat_speech = openai_client(openai)
+            engines = replace(
+                engines,
+                openai_llm=lambda agent: OpenAILlm(openai, loop, client=chat_speech),
+                openai_tts=lambda agent: OpenAITts(
+                    openai, loop, client=chat_speech, voice=agent.voice or None
+                ),
+                clients=(*engines.clients, chat_speech),
+            )
+    except ProviderError as exc:
+        raise StartupError(str(exc)) from None
+    return engines
 
 
 def _installed(*modules: str) -> bool:
@@ -78,6 +155,15 @@ class EngineCatalog:
     Raises:
         StartupError: `offline.whisper_model` or `offline.piper_voice` names a missing file.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, loop: asyncio.AbstractEventLoop) -> EngineCatalog:
+        """The server's catalog: embedded engines plus every configured provider.
+
+        Raises:
+            StartupError: a model path or a provider setting is wrong.
+        """
+        return cls(settings.offline, providers=provider_engines(settings, loop))
 
     def __init__(
         self,
@@ -139,6 +225,11 @@ class EngineCatalog:
         """Refuse further calls and stop the worker pools (blocks for running jobs)."""
         self._closed = True
         self.executors.close()
+
+    async def aclose(self) -> None:
+        """`close` off the loop, then close the providers' shared clients (on the loop)."""
+        await asyncio.to_thread(self.close)
+        await self.providers.aclose()
 
     # -- per kind -----------------------------------------------------------------------------
 

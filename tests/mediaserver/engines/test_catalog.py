@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from pydantic import SecretStr
 
 from actors.agent import AgentConfig, FaqRule
-from config.settings import OfflineSettings
-from mediaserver.engines.catalog import EngineCatalog, EngineUnavailable, ProviderEngines
+from config.settings import DeepgramSettings, OfflineSettings, OpenAISettings, Settings
+from mediaserver.engines.catalog import (
+    EngineCatalog,
+    EngineUnavailable,
+    ProviderEngines,
+    provider_engines,
+)
+from mediaserver.engines.deepgram_stt import DeepgramStt
+from mediaserver.engines.deepgram_tts import DeepgramTts
 from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
+from mediaserver.engines.openai_llm import OpenAILlm
+from mediaserver.engines.openai_tts import OpenAITts
 from mediaserver.engines.scripted import ScriptedLlm
 from mediaserver.engines.synthesis import SentenceTts
 from mediaserver.engines.whisper import WhisperStt
@@ -141,3 +153,60 @@ def test_a_model_size_is_left_for_faster_whisper_to_fetch():
         assert not catalog.whisper.loaded  # nothing is fetched before a call needs it
     finally:
         catalog.close()
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_without_credentials_no_provider_is_offered(loop):
+    engines = provider_engines(Settings(), loop)
+    assert engines == ProviderEngines()
+
+
+def test_configured_providers_get_engines_per_agent_sharing_a_client(loop):
+    settings = Settings(
+        deepgram=DeepgramSettings(api_key=SecretStr("dg-test-key")),
+        openai=OpenAISettings(api_key=SecretStr("sk-test-key")),
+    )
+    catalog = EngineCatalog.from_settings(settings, loop)
+    try:
+        agent = AgentConfig(
+            id="p1",
+            name="Cloud",
+            language="de",
+            voice="aura-2-thalia-en",
+            stt_engine="deepgram",
+            llm_engine="openai",
+            tts_engine="deepgram",
+        )
+        engines = catalog.engines_for(agent)
+        assert isinstance(engines.stt, DeepgramStt)
+        assert isinstance(engines.llm, OpenAILlm)
+        assert isinstance(engines.tts, DeepgramTts) and engines.tts.model == "aura-2-thalia-en"
+        spoken = catalog.engines_for(AgentConfig(id="p2", name="Cloud", tts_engine="openai"))
+        assert isinstance(spoken.tts, OpenAITts) and spoken.tts.voice == "alloy"
+        assert len(catalog.providers.clients) == 1  # the OpenAI client, closed by aclose()
+    finally:
+        loop.run_until_complete(catalog.aclose())
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        catalog.engines_for(agent)
+
+
+def test_an_openai_compatible_server_needs_only_its_url(loop):
+    engines = provider_engines(
+        Settings(openai=OpenAISettings(base_url="http://127.0.0.1:11434/v1")), loop
+    )
+    assert engines.openai_llm is not None and engines.deepgram_stt is None
+
+
+def test_a_provider_setting_that_cannot_work_stops_the_server_at_start(loop):
+    settings = Settings(
+        deepgram=DeepgramSettings(api_key=SecretStr("dg-test-key"), base_url="ftp://nowhere")
+    )
+    with pytest.raises(StartupError, match="deepgram") as stopped:
+        provider_engines(settings, loop)
+    assert "dg-test-key" not in str(stopped.value)
