@@ -35,6 +35,7 @@ from mediaserver.calls import CallEdge
 from mediaserver.engines.catalog import EngineCatalog
 from mediaserver.errors import StartupError
 from mediaserver.http.access_log import RequestLog
+from mediaserver.http.demo import demo_routes, static_files
 from mediaserver.http.health import health_routes
 from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
@@ -127,9 +128,9 @@ def build_http_app(
     settings: Settings | None = None,
     store: Store | None = None,
 ) -> FastAPI:
-    """Health; with a call edge also `WS /signal` and WHIP, and with the store the telephony
-    endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`). Request lines are
-    logged redacted."""
+    """Health; with a call edge also `WS /signal`, WHIP and the demo page (`GET /`), and with the
+    store the telephony endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`).
+    Request lines are logged redacted."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(RequestLog)
     capacity_left = edge.capacity_left if edge is not None else None
@@ -139,6 +140,8 @@ def build_http_app(
         webrtc, limits = settings.webrtc, settings.limits
         app.include_router(signaling_routes(edge, webrtc=webrtc, limits=limits))
         app.include_router(WhipEndpoint(edge, webrtc=webrtc, limits=limits).routes())
+        app.include_router(demo_routes())
+        app.mount("/static", static_files(), name="static")
         if store is not None:
             twilio = settings.twilio
             calls = TwilioCalls(twilio)
