@@ -86,12 +86,14 @@ class Timer:
                     # Next deadline from the previous one, so a periodic tick does not drift.
                     next_due = max(due + handle.period_s, time.monotonic())
                     heapq.heappush(self._heap, (next_due, next(self._order), handle))
-            if handle.cancelled:
-                continue
-            try:
-                handle.callback()
-            except Exception:
-                logger.exception("Timer callback %r failed", handle.callback)
+            if not handle.cancelled:
+                try:
+                    handle.callback()
+                except Exception:
+                    logger.exception("Timer callback %r failed", handle.callback)
+            # The next wait can last long: holding the handle would keep an ended call's whole
+            # tree alive through its callback's references.
+            del handle
 
 
 _shared: Timer | None = None
