@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from actors.call_context import CallLog, call_log, tell_quietly
 from actors.engines import EngineKind, EngineResult, EngineStream
-from actors.messages import AudioDropped
+from actors.faults import inject
+from actors.messages import AudioDropped, InjectFault
 from actors.runtime import PooledActor
 from actors.tree_messages import Checkpoint, Checkpointed, ChildFailed, EngineOutput
 
@@ -60,7 +61,9 @@ class CallChild(PooledActor):
         faults = self.setup.faults
         if faults is not None:
             faults.check(self.name, message)
-        if isinstance(message, EngineOutput):
+        if isinstance(message, InjectFault):
+            inject(message)  # raises (or hangs) in this handler, exactly as a bug would
+        elif isinstance(message, EngineOutput):
             if message.generation == self.generation and self._is_open(message.stream):
                 self.ctx.watch.progressed(message.stream, self.clock.monotonic())
                 self.handle_engine(message)

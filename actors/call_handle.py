@@ -24,13 +24,23 @@ if TYPE_CHECKING:
         AudioReceived,
         DtmfReceived,
         HangUp,
+        InjectFault,
         MediaConnected,
         PlaybackProgressed,
+        RestartChild,
         TextReceived,
     )
     from actors.snapshot import CallTree
 
-    ToSupervisor = TextReceived | DtmfReceived | PlaybackProgressed | MediaConnected | HangUp
+    ToSupervisor = (
+        TextReceived
+        | DtmfReceived
+        | PlaybackProgressed
+        | MediaConnected
+        | HangUp
+        | RestartChild
+        | InjectFault
+    )
 
 
 class CallHandle:
@@ -62,7 +72,7 @@ class CallHandle:
             self._hold_locked(message)
 
     def tell(self, message: ToSupervisor) -> None:
-        """Tell the CallSupervisor (text, DTMF, playback progress, media connected, hang-up)."""
+        """Tell the CallSupervisor (text, DTMF, playback, media connected, hang-up, operator)."""
         supervisor = self._supervisor
         if supervisor is None or self._ended.is_set():
             return

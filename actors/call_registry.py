@@ -2,13 +2,16 @@
 
 The Switchboard writes it; anyone reads it without messaging an actor. Lookups by address
 (`CALL_ID/supervisor|session|ingest|transcriber|responder`) return snapshots, never actors;
-an operator action goes through `handle(call_id)`.
+an operator action goes through `handle(call_id)`. It also counts admissions and refusals
+by reason since start (`admissions()`), for the debug socket's `stats`.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,18 +26,31 @@ class CallEntry:
     agent_id: str
     transport: str
     handle: CallHandle
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 class CallRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, CallEntry] = {}
+        self._admitted = 0
+        self._refused: Counter[str] = Counter()
         self.drained = threading.Event()
         """Set once shutdown has begun and no call is left (wait on it off the event loop)."""
 
     def add(self, entry: CallEntry) -> None:
         with self._lock:
             self._calls[entry.call_id] = entry
+            self._admitted += 1
+
+    def record_refusal(self, reason: str) -> None:
+        with self._lock:
+            self._refused[reason] += 1
+
+    def admissions(self) -> tuple[int, dict[str, int]]:
+        """Calls admitted since start, and calls refused by reason."""
+        with self._lock:
+            return self._admitted, dict(self._refused)
 
     def remove(self, call_id: str) -> CallEntry | None:
         with self._lock:

@@ -18,6 +18,11 @@ Too many restarts within the window escalate: the call ends with reason "escalat
 Replay: when a Transcriber starts, AudioIngest is told `TranscriberStarted(from_offset)`, the
 offset the Session has settled, and feeds it the buffered audio after it before any live audio.
 
+Operator actions (the debug socket, through the handle): `RestartChild(child)` stops that child
+and restarts it and the ones after it exactly as after a failure (backoff, checkpoints, counted
+in the restart intensity); `InjectFault(actor)` makes the child (or the supervisor itself) fail
+in its next handler.
+
 End: `HangUp(reason)` from the edge, escalation, or the Switchboard's shutdown. The supervisor
 silences and stops its children, puts `CallEnded(reason)` on the outbox exactly once, closes the
 handle, tells the Switchboard `CallFinished`, and stops.
@@ -48,6 +53,7 @@ from actors.call_context import (
 )
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.errors import StallDetected
+from actors.faults import inject
 from actors.messages import (
     CallEnded,
     CallEventRecorded,
@@ -55,8 +61,10 @@ from actors.messages import (
     DtmfReceived,
     EndReason,
     HangUp,
+    InjectFault,
     MediaConnected,
     PlaybackProgressed,
+    RestartChild,
     TextReceived,
 )
 from actors.replay_buffer import ReplayBuffer
@@ -220,6 +228,14 @@ class CallSupervisor(PooledActor):
                     self._watch()
             case HangUp(reason=reason):
                 self._end(reason)
+            case RestartChild(child=child, reason=reason):
+                name = next((n for n in CHILD_ORDER if n == child), None)
+                if name is not None and not self._ended and self._slots[name].ref is not None:
+                    self._child_failed(name, f"restart requested: {reason}", stopped=True)
+            case InjectFault(actor="supervisor"):
+                inject(message)
+            case InjectFault(actor=actor):
+                self.setup.peers.tell(actor, message)
             case _:
                 self.log.warning("unexpected message %r", message)
 
@@ -246,8 +262,12 @@ class CallSupervisor(PooledActor):
             setup.generations.current(name) if slot.retired else setup.generations.bump(name)
         )
         slot.retired = False
+        previous = slot.probe
         slot.probe = ActorProbe(f"{self.call_id}/{name}", generation)
         slot.probe.restarts = slot.restarts
+        # The last error is the slot's: after a restart, the tree still shows why it happened.
+        slot.probe.last_error = previous.last_error
+        slot.probe.last_traceback = previous.last_traceback
         slot.watch = EngineWatch()
         if name == "ingest":
             setup.replay.admit_writer(generation)
@@ -274,7 +294,8 @@ class CallSupervisor(PooledActor):
                 TranscriberStarted(generation=generation, from_offset=self._heard_through()),
             )
 
-    def _child_failed(self, failed: ChildName, error: str) -> None:
+    def _child_failed(self, failed: ChildName, error: str, *, stopped: bool = False) -> None:
+        """Replace `failed` and the children after it; `stopped`: it is alive, stop it first."""
         now = self.setup.clock.monotonic()
         if not self._intensity.record(now):
             self.log.error("= restart intensity exceeded (%s): escalating", error)
@@ -283,7 +304,7 @@ class CallSupervisor(PooledActor):
             return
         replaced = rest_for_one(CHILD_ORDER, failed)
         for name in reversed(replaced):
-            self._retire(name, failed=name == failed)
+            self._retire(name, failed=name == failed and not stopped)
         for name in replaced:
             if should_restart(SPECS[name]):
                 self._pending.add(name)
@@ -292,7 +313,8 @@ class CallSupervisor(PooledActor):
         self.log.warning(
             "= %s failed (%s): restarting %s in %.0f ms", failed, error, replaced, delay * 1000
         )
-        self._record("child_failed", child=failed, error=error, restarting=",".join(replaced))
+        kind = "child_restart_requested" if stopped else "child_failed"
+        self._record(kind, child=failed, error=error, restarting=",".join(replaced))
         ref, epoch = self.actor_ref, self._epoch
         self._timer.call_later(delay, lambda: _tell(ref, RestartDue(epoch=epoch)))
 

@@ -3,6 +3,9 @@
 Tests use it to crash every child on every message kind; the debug socket may arm it on a live
 call when `debug.fault_injection` is on. Arming and checking are thread-safe. A fired fault
 raises in the child's handler, exactly as a bug would, so supervision handles it for real.
+
+`inject()` carries out an operator's `InjectFault` message (the debug socket's `crash`) in the
+handler that received it, the same three ways.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from actors.errors import InjectedFault
+
+if TYPE_CHECKING:
+    from actors.messages import InjectFault
 
 FaultKind = Literal["exception", "system_exit", "hang"]
 
@@ -65,3 +71,14 @@ class FaultPlan:
             self.hang.wait(30.0)
             return
         raise InjectedFault(f"injected into {child} on {key[1]} #{due.nth}")
+
+
+def inject(fault: InjectFault) -> None:
+    """Fail the handler running now, as `fault` asks: raise, `SystemExit`, or hang `hang_s`."""
+    where = f"{fault.call_id}/{fault.actor}"
+    if fault.kind == "system_exit":
+        raise SystemExit(f"injected into {where} by an operator")
+    if fault.kind == "hang":
+        threading.Event().wait(max(0.0, fault.hang_s))
+        return
+    raise InjectedFault(f"injected into {where} by an operator")

@@ -6,6 +6,7 @@ Inbound (edge -> actors), told through a `CallHandle` or to the `Switchboard`:
     AudioReceived                                        -> AudioIngest (through the handle)
     TextReceived DtmfReceived PlaybackProgressed
     MediaConnected HangUp                                -> CallSupervisor (through the handle)
+    RestartChild InjectFault                             -> CallSupervisor (operator, debug socket)
 
 Outbound (actors -> edge), put on the call's `Outbox`: every other class here. The edge maps
 them to wire events (signaling `transcript`, `speech`, `response.delta`, `response`,
@@ -92,6 +93,34 @@ class HangUp:
 
     call_id: str
     reason: EndReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartChild:
+    """Operator action: replace a child now, as if it had failed (rest_for_one, counted).
+
+    The running instance is stopped (not failed); it and the children after it restart from
+    their checkpoints after the usual backoff. Counts toward the restart intensity.
+    """
+
+    call_id: str
+    child: str  # "session", "ingest", "transcriber", "responder"; others are ignored
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InjectFault:
+    """Fault injection: make `actor` fail in its next handler, exactly as a bug would.
+
+    `actor` is "supervisor" (the call ends, escalated) or a child's name (supervision restarts
+    it). `kind` "hang" blocks the handler for `hang_s` (the watchdog abandons a stalled child).
+    The edge sends it only when `debug.fault_injection` is on.
+    """
+
+    call_id: str
+    actor: str
+    kind: Literal["exception", "system_exit", "hang"] = "exception"
+    hang_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

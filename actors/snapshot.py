@@ -34,6 +34,7 @@ class ActorSnapshot:
     last_error: str
     last_traceback: str
     checkpoint_size: int
+    thread_ident: int | None = None  # the thread running its handler now, for a stack dump
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,4 +84,5 @@ class ActorProbe:
             last_error=self.last_error,
             last_traceback=self.last_traceback,
             checkpoint_size=self.checkpoint_size,
+            thread_ident=stats.thread_ident if stats else None,
         )

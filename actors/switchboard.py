@@ -88,6 +88,7 @@ class Switchboard(PooledActor):
         reason = self._refusal(admit)
         if reason is not None:
             logger.info("%s refused: %s", admit.call_id, reason)
+            self.registry.record_refusal(reason)
             admit.outbox.put(CallRefused(call_id=admit.call_id, reason=reason))
             return
         s = self._supervision
