@@ -32,6 +32,7 @@ from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import Settings
 from mediaserver.calls import CallEdge
+from mediaserver.debug import debug_server
 from mediaserver.engines.catalog import EngineCatalog
 from mediaserver.errors import StartupError
 from mediaserver.http.access_log import RequestLog
@@ -186,6 +187,7 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         catalog = EngineCatalog(settings.offline)
         await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
+        debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store)
         edge = CallEdge(
             store=store,
             switchboard=calls.switchboard,
@@ -194,9 +196,11 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             limits=settings.limits,
             engines=catalog,
             outbound_audio_ms=settings.webrtc.outbound_queue_ms,
+            tap_outbox=debug.events.tap,
         )
         try:
             sock = bind_socket(settings.server.host, settings.server.port)
+            await debug.start()
             base = format_url(settings.server.host, sock.getsockname()[1])
             app = build_http_app(lifecycle, edge=edge, settings=settings, store=store)
             server = http_server(app, settings)
@@ -218,6 +222,7 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         finally:
             await edge.close()
             await calls.close()
+            await debug.close()
             await asyncio.to_thread(catalog.close)
         lifecycle.mark_stopped()
         return 0

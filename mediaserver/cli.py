@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from config import SettingsError, load_settings
 from config.loading import LoadedSettings
-from mediaserver import admin
+from mediaserver import admin, inspect
 from mediaserver.errors import StartupError
 from mediaserver.logs import configure_logging
 from mediaserver.store import StoreError
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = _group(commands, "config", "settings")
     config.add_parser("show", parents=[common], help="effective settings and their sources")
 
+    inspect.add_parser(commands, common)
+
     commands.add_parser(
         "doctor",
         parents=[common],
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mediaserver.app import run_server  # noqa: PLC0415 - keep admin commands light
 
             return asyncio.run(run_server(loaded.settings))
+        if args.command == "inspect":
+            return inspect.run(args, loaded.settings)
         return run_admin(args, loaded)
     except StartupError as exc:
         fail(str(exc), code=2)

@@ -26,7 +26,7 @@ from actors.agent import VadOverrides as AgentVadOverrides
 from actors.call_registry import CallRegistry
 from actors.engines import CallEngines
 from actors.faults import FaultPlan
-from actors.messages import AdmitCall, RefusalReason
+from actors.messages import AdmitCall, Outbox, RefusalReason
 from config.settings import LimitsSettings
 from mediaserver.calls.attempts import CallAttempts
 from mediaserver.calls.live_call import AdmissionRefused, LiveCall, Transport
@@ -112,6 +112,7 @@ class CallEdge:
         outbound_audio_ms: bot audio a call's outbox holds before dropping the oldest (the
             transport has its own, larger, real-time queue behind it).
         faults: makes a `FaultPlan` per call (debug.fault_injection), or None.
+        tap_outbox: wraps the outbox the tree puts to (the debug socket's `DebugEvents.tap`).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class CallEdge:
         engines: EngineSource,
         outbound_audio_ms: float = 60_000,
         faults: Callable[[], FaultPlan] | None = None,
+        tap_outbox: Callable[[Outbox], Outbox] | None = None,
     ) -> None:
         self._store = store
         self._switchboard = switchboard
@@ -134,6 +136,7 @@ class CallEdge:
         self._engines = engines
         self._outbound_audio_ms = outbound_audio_ms
         self._faults = faults
+        self._tap_outbox = tap_outbox
         self._attempts = CallAttempts(limits.call_attempts_per_min)
         self._live: dict[str, LiveCall] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -217,7 +220,7 @@ class CallEdge:
                     company_id=company.id,
                     agent=config,
                     transport=transport_name,
-                    outbox=outbox,
+                    outbox=self._tap_outbox(outbox) if self._tap_outbox else outbox,
                     engines=engines,
                     faults=self._faults() if self._faults is not None else None,
                 )
