@@ -1,11 +1,12 @@
 """The debug socket: live actor state for engineers (see docs/debug-socket.md).
 
-    protocol.py   JSON-lines codec, command schema, errors (pure)
-    server.py     DebugServer: Unix socket (+ TCP with a token), connections, watch streaming
-    commands.py   what each command reads or does (snapshots, handles, psutil)
-    watch.py      DebugEvents: the event fan-out, with the outbox tap for the call edge
-    poller.py     TreePoller: watch events from snapshot differences
-    monitor.py    LoopMonitor: event-loop lag and process CPU
+    protocol.py     JSON-lines codec, command schema, errors (pure)
+    server.py       DebugServer: Unix socket (+ TCP with a token), connections, watch streaming
+    socket_file.py  the socket file: mode 0600, a stale one replaced, a live one refused
+    commands.py     what each command reads or does (snapshots, handles, psutil)
+    watch.py        DebugEvents: the event fan-out, with the outbox tap for the call edge
+    poller.py       TreePoller: watch events from snapshot differences
+    monitor.py      LoopMonitor: event-loop lag and process CPU
 
 The client is `mediaserver/inspect.py` (`mediaserver inspect ...`).
 """

@@ -16,7 +16,7 @@ import pytest
 from actors.messages import AdmitCall, CallEnded, CallRefused, ResponseCompleted
 from config.settings import DebugSettings
 from mediaserver.debug import debug_server
-from mediaserver.debug.server import bind_unix_socket
+from mediaserver.debug.socket_file import bind_unix_socket
 from mediaserver.errors import StartupError
 from mediaserver.inspect import DebugClient, InspectError
 from tests.actors.conftest import AGENT, SUPERVISION
