@@ -86,6 +86,7 @@ class Pacing:
     chunk_ms: int  # outbound audio per media message
     lead_ms: int  # at most this far ahead of real time
     mark_every_ms: int
+    refill_ms: int = 0  # wake the writer when this much fits in the lead (0: one chunk)
 
 
 class Carrier(Protocol):
@@ -187,6 +188,7 @@ class CarrierStream:
             chunk_ms=pacing.chunk_ms,
             lead_ms=pacing.lead_ms,
             mark_every_ms=pacing.mark_every_ms,
+            refill_ms=pacing.refill_ms,
         )
         try:
             call = await self._carrier.open_call(started, self)

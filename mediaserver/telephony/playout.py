@@ -8,7 +8,8 @@ Pure (sans-I/O): the caller passes the monotonic time in, and sends what `due(no
   carrier that plays late does not let us run ahead without bound.
 * A full chunk leaves as soon as the lead allows; a partial one (the end of what a slow TTS has
   produced so far) is zero-padded to a whole chunk, but only when the far end is about to run
-  dry, so streaming audio is not chopped into padded pieces.
+  dry, so streaming audio is not chopped into padded pieces. With `refill_ms` above a chunk, the
+  sender wakes only when that much fits in the lead, and sends it at once.
 * A mark follows the end of each turn's queued audio and every `mark_every_ms` within it. The
   carrier echoes it once the audio before it has played; `mark_played` turns the echo into the
   turn's played milliseconds (`Progress`). The mark after a turn's last queued audio reports
@@ -75,6 +76,7 @@ class Playout:
         chunk_ms: int,
         lead_ms: int,
         mark_every_ms: int = 200,
+        refill_ms: int = 0,
         mark_prefix: str = "m",
     ) -> None:
         if chunk_ms <= 0 or lead_ms < chunk_ms:
@@ -83,6 +85,8 @@ class Playout:
         self.chunk_samples = sample_rate * chunk_ms // 1000
         self._chunk_s = chunk_ms / 1000
         self._lead_s = lead_ms / 1000
+        # Wake for a full chunk only once this much fits in the lead: fewer, larger sends.
+        self._refill_s = min(max(refill_ms, chunk_ms), lead_ms) / 1000
         self._mark_every = sample_rate * mark_every_ms // 1000
         self._mark_prefix = mark_prefix
         self._queue: deque[tuple[_Turn, Pcm16]] = deque()
@@ -116,7 +120,7 @@ class Playout:
             return None
         plays_until = max(self._plays_until, now)
         if self._has_full_chunk():
-            return max(now, plays_until + self._chunk_s - self._lead_s)
+            return max(now, plays_until + self._refill_s - self._lead_s)
         return max(now, plays_until - self._chunk_s)
 
     def due(self, now: float) -> list[Outgoing]:

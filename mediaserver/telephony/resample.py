@@ -66,6 +66,7 @@ class Resampler:
         # phases[p, k] weighs input x[m0 - (K-1) + k] for an output whose position is L*m0 + p.
         self._phases = h.reshape(self._taps_per_phase, self._up).T[:, ::-1].copy()
         self._reversed = h.reshape(self._taps_per_phase, self._up).T.copy()  # for np.convolve
+        self._stuffed_kernel = h  # convolving zero-stuffed input with h is every phase at once
         self._history: Floats = np.zeros(self._taps_per_phase - 1, dtype=np.float64)
         self._position = 0  # next output's position in upsampled samples, from the chunk start
 
@@ -97,11 +98,11 @@ class Resampler:
         end = up * count
         outputs = max(0, -(-(end - self._position) // down))
         y: Floats
-        if down == 1:  # integer upsampling: one convolution per phase, interleaved
-            phases = np.empty((count, up), dtype=np.float64)
-            for p in range(up):
-                phases[:, p] = np.convolve(buffer, self._reversed[p], "valid")
-            y = phases.reshape(-1)
+        if down == 1:  # integer upsampling: zero-stuff, then one convolution (one GIL release)
+            # Each sample ends its slot of `up`, so output up*r + p lands at valid index up*r + p.
+            stuffed = np.zeros(up * len(buffer) + up - 1, dtype=np.float64)
+            stuffed[up - 1 : up * len(buffer) : up] = buffer
+            y = np.convolve(stuffed, self._stuffed_kernel, "valid")
         elif up == 1:  # integer downsampling: filter, then keep every down-th sample
             filtered = np.convolve(buffer, self._reversed[0], "valid")
             y = filtered[self._position :: down][:outputs]

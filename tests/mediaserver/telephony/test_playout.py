@@ -119,6 +119,15 @@ def test_a_carrier_that_never_echoes_marks_does_not_grow_memory():
     assert len(playout._marks) <= 256
 
 
+def test_refill_wakes_the_sender_only_when_two_frames_fit():
+    playout = Playout(sample_rate=8000, chunk_ms=20, lead_ms=100, refill_ms=40)
+    playout.push(1, audio(1000), 1000)
+    assert len(chunks(playout.due(0.0))) == 5
+    assert playout.next_due_at(0.0) == pytest.approx(0.04)
+    assert len(chunks(playout.due(0.04))) == 2
+    assert playout.next_due_at(0.04) == pytest.approx(0.08)
+
+
 def test_lead_shorter_than_a_chunk_is_refused():
     with pytest.raises(ValueError):
         Playout(sample_rate=8000, chunk_ms=200, lead_ms=100)
