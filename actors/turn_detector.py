@@ -2,6 +2,16 @@
 
 Pure: no actor, no clock. Times come from the audio (`captured_at` of each frame), so the same
 audio always gives the same decisions, however fast it is fed.
+
+Where speech ends. Silero scores in 32 ms windows and still calls the window after the last
+syllable voiced (its recurrent state decays), so counting the silence from the end of the last
+voiced window starts it 40-90 ms after the caller stopped (measured by bench/latency.py). The
+detector therefore also tracks the last *loud* sample of the turn (within 30 dB of its loudest)
+and ends the turn `end_of_turn_silence_ms` after it, checked every frame, once the VAD has seen at
+least one silent window. This only ever ends a turn earlier than window counting would, never
+later: sound the VAD does not call speech (breath, background noise) moves the loud mark on, and
+then the window count decides as before. Voiced windows with no loud sample for longer than
+`QUIET_VOICED_MS` are quiet speech, not the VAD's lag, and count as loud.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ if TYPE_CHECKING:
 WINDOW_SAMPLES = 512  # Silero's window at 16 kHz: 32 ms
 SAMPLE_RATE = 16_000
 WINDOW_MS = WINDOW_SAMPLES * 1000 / SAMPLE_RATE
+LOUD_FRACTION = 0.03  # a sample within 30 dB of the turn's loudest is speech energy
+MIN_LOUD = 120  # ... and never quieter than -49 dBFS
+QUIET_VOICED_MS = 100.0  # longer voiced-but-quiet runs are quiet speech, not VAD lag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +70,9 @@ class SpeechEnded:
     """Enough silence after speech: the caller's turn is over (or paused, in provider mode)."""
 
     started_at: float
-    ended_at: float  # end of the last voiced window
+    ended_at: (
+        float  # the last loud sample of the turn (at the latest, the last voiced window's end)
+    )
 
 
 TurnEvent = SpeechBegan | SpeechEnded
@@ -75,6 +90,9 @@ class TurnDetector:
         self._run_start: tuple[float, int] | None = None
         self._silence_ms = 0.0
         self._last_voiced_end = 0.0
+        self._peak = 0  # loudest sample of the speech run, PCM16 units
+        self._last_loud_end = 0.0
+        self._quiet_voiced_ms = 0.0
         self.in_speech = False
         self.speech_started_at: float | None = None
 
@@ -92,7 +110,33 @@ class TurnDetector:
             if event is not None:
                 events.append(event)
         self._pending = buffered[n_windows * WINDOW_SAMPLES :].copy()
+        if self.in_speech and self._silence_ms > 0:
+            # Between windows: the silence since the last loud sample may already be enough.
+            tail_start = t0 + n_windows * WINDOW_SAMPLES / SAMPLE_RATE
+            if self._loud_until(self._pending, tail_start) is None:
+                tail_end = tail_start + len(self._pending) / SAMPLE_RATE
+                if (tail_end - self._last_loud_end) * 1000 >= self._settings.end_of_turn_silence_ms:
+                    events.append(self._end_turn(tail_start))
         return events
+
+    def _loud_until(
+        self, samples: np.ndarray[tuple[int], np.dtype[np.int16]], start: float
+    ) -> float | None:
+        """Time just after the last loud sample of `samples`, or None if none is loud."""
+        if not len(samples):
+            return None
+        floor = max(self._peak * LOUD_FRACTION, MIN_LOUD)
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= floor)
+        return start + (int(loud[-1]) + 1) / SAMPLE_RATE if len(loud) else None
+
+    def _end_turn(self, start: float) -> SpeechEnded:
+        self.in_speech = False
+        started_at = self.speech_started_at if self.speech_started_at is not None else start
+        self.speech_started_at = None
+        self._silence_ms = 0.0
+        self._peak = 0
+        ended_at = min(self._last_loud_end, self._last_voiced_end)
+        return SpeechEnded(started_at=started_at, ended_at=ended_at)
 
     def _window(
         self, window: np.ndarray[tuple[int], np.dtype[np.int16]], start: float
@@ -105,6 +149,15 @@ class TurnDetector:
         if voiced:
             self._silence_ms = 0.0
             self._last_voiced_end = end
+            self._peak = max(self._peak, int(np.abs(window.astype(np.int32)).max()))
+            loud_until = self._loud_until(window, start)
+            if loud_until is not None:
+                self._last_loud_end = loud_until
+                self._quiet_voiced_ms = 0.0
+            else:
+                self._quiet_voiced_ms += WINDOW_MS
+                if self._quiet_voiced_ms > QUIET_VOICED_MS or self._run_start is None:
+                    self._last_loud_end = end
             if self._run_start is None:
                 self._run_start = (start, sample)
             self._voiced_ms += WINDOW_MS
@@ -115,13 +168,15 @@ class TurnDetector:
             return None
         self._voiced_ms = 0.0
         self._run_start = None
+        self._quiet_voiced_ms = 0.0
         if not self.in_speech:
+            self._peak = 0
             return None
+        loud_until = self._loud_until(window, start)
+        if loud_until is not None:  # sound the VAD does not call speech: let the windows decide
+            self._last_loud_end = max(self._last_loud_end, loud_until)
         self._silence_ms += WINDOW_MS
-        if self._silence_ms < self._settings.end_of_turn_silence_ms:
+        eot_ms = self._settings.end_of_turn_silence_ms
+        if self._silence_ms < eot_ms and (end - self._last_loud_end) * 1000 < eot_ms:
             return None
-        self.in_speech = False
-        started_at = self.speech_started_at if self.speech_started_at is not None else start
-        self.speech_started_at = None
-        self._silence_ms = 0.0
-        return SpeechEnded(started_at=started_at, ended_at=self._last_voiced_end)
+        return self._end_turn(start)

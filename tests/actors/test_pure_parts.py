@@ -99,3 +99,48 @@ def test_replay_buffer_replays_after_the_settled_offset_and_refuses_old_writers(
     assert buffer.seconds() <= 1.0 and buffer.dropped_bytes > 0
     oldest = buffer.since(0)[0]
     assert isinstance(oldest, TranscribeAudio) and np.frombuffer(oldest.pcm, np.int16).max() == 0
+
+
+def decision(detector: TurnDetector, frames: list[bytes], t0: float = 10.0):
+    """The SpeechEnded event and the time (end of the frame) at which it was decided."""
+    for i, frame in enumerate(frames):
+        for event in detector.feed(frame, t0 + i * 0.02):
+            if isinstance(event, SpeechEnded):
+                return event, t0 + (i + 1) * 0.02
+    raise AssertionError("the turn never ended")
+
+
+class LaggingVad:
+    """Like Silero: the window after the last syllable still scores as voiced."""
+
+    def __init__(self):
+        self.previous_loud = False
+
+    def process(self, window):
+        loud = float(np.abs(window).max()) > 0.01
+        voiced, self.previous_loud = loud or self.previous_loud, loud
+        return 1.0 if voiced else 0.0
+
+
+def test_the_turn_ends_after_the_silence_from_the_last_loud_sample_not_the_vads_lag():
+    settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200)
+    frames = [SILENCE] * 8 + [word_frame(1)] * 10 + [SILENCE] * 30
+    ended, decided_at = decision(TurnDetector(settings, LaggingVad()), frames)
+    assert ended.ended_at == 10.0 + 18 * 0.02  # the last loud sample, exactly
+    # Within one frame of 200 ms after it; counting windows after the lagging one would take
+    # 7 x 32 ms from the end of that window, 250-280 ms.
+    assert 0.200 <= decided_at - ended.ended_at < 0.200 + 0.021
+
+
+def test_noise_the_vad_calls_silence_never_ends_a_turn_early():
+    class QuietOnNoise:
+        def process(self, window):
+            return 1.0 if float(np.abs(window).max()) > 0.02 else 0.0
+
+    settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200)
+    loud_word = np.full(320, 5000, dtype=np.int16).tobytes()
+    noise = np.full(320, 400, dtype=np.int16).tobytes()  # loud enough, but "silence" to the VAD
+    frames = [SILENCE] * 8 + [loud_word] * 10 + [noise] * 30
+    _, decided_at = decision(TurnDetector(settings, QuietOnNoise()), frames)
+    speech_end = 10.0 + 18 * 0.02
+    assert decided_at - speech_end >= 7 * 0.032 - 0.020  # seven silent windows, as before
