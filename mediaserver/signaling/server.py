@@ -203,7 +203,9 @@ class SignalingConnection:
             data: str | bytes | None = frame.get("text")
             if data is None:
                 data = frame.get("bytes") or b""
-            if len(data) > max_bytes or (isinstance(data, str) and len(data.encode()) > max_bytes):
+            # UTF-8 takes at most 4 bytes a character: encode only when it could matter.
+            size = len(data.encode()) if isinstance(data, str) and len(data) * 4 > max_bytes else 0
+            if len(data) > max_bytes or size > max_bytes:
                 self.log.warning("< %d-byte message over the cap", len(data))
                 self._close_override = TOO_BIG_CLOSE
                 call.hang_up("hangup")
