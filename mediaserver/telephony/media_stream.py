@@ -45,7 +45,7 @@ from mediaserver.telephony.events import (
     StreamEvent,
 )
 from mediaserver.telephony.playout import AudioChunk, MarkOut, Playout
-from mediaserver.telephony.resample import Pcm16, Resampler
+from mediaserver.telephony.resample import Resampler
 from mediaserver.telephony.stream_order import StreamOrder
 from mediaserver.telephony.wire import MessageTooBig
 
@@ -189,6 +189,7 @@ class CarrierStream:
             lead_ms=pacing.lead_ms,
             mark_every_ms=pacing.mark_every_ms,
             refill_ms=pacing.refill_ms,
+            silence=bytes([g711.ULAW_SILENCE]) if self._wire.ulaw else b"\x00\x00",
         )
         try:
             call = await self._carrier.open_call(started, self)
@@ -331,7 +332,9 @@ class CarrierStream:
             self._outbound_turn = audio.turn_id
         samples = np.frombuffer(audio.pcm[: len(audio.pcm) // 2 * 2], dtype="<i2")
         resampled = self._outbound.process_array(samples.astype(np.int16))
-        playout.push(audio.turn_id, resampled, len(samples) * 1000 / audio.sample_rate)
+        # Encoded once per TTS chunk, not per frame: the writer only slices bytes.
+        wire = g711.ulaw_encode(resampled) if self._wire.ulaw else resampled.astype("<i2").tobytes()
+        playout.push(audio.turn_id, wire, len(samples) * 1000 / audio.sample_rate)
         self._wake.set()
 
     def flush_audio(self) -> None:
@@ -392,9 +395,7 @@ class CarrierStream:
                     if self._epoch != epoch or self._control:
                         break  # a flush or the end came in while we were sending: stop here
                     if isinstance(out, AudioChunk):
-                        await self._ws.send_text(
-                            self._carrier.media_message(sid, self._encode(out.samples))
-                        )
+                        await self._ws.send_text(self._carrier.media_message(sid, out.audio))
                     elif isinstance(out, MarkOut):
                         await self._ws.send_text(self._carrier.mark_message(sid, out.name))
                 if self._control:
@@ -413,9 +414,6 @@ class CarrierStream:
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             self.log.info("> socket gone: %r", exc)
             self._socket_open = False
-
-    def _encode(self, samples: Pcm16) -> bytes:
-        return g711.ulaw_encode(samples) if self._wire.ulaw else samples.astype("<i2").tobytes()
 
     async def _close_socket(self, code: int, reason: str) -> None:
         self._socket_open = False

@@ -67,6 +67,7 @@ class Resampler:
         self._phases = h.reshape(self._taps_per_phase, self._up).T[:, ::-1].copy()
         self._reversed = h.reshape(self._taps_per_phase, self._up).T.copy()  # for np.convolve
         self._stuffed_kernel = h  # convolving zero-stuffed input with h is every phase at once
+        self._stuffed: Floats = np.zeros(0, dtype=np.float64)
         self._history: Floats = np.zeros(self._taps_per_phase - 1, dtype=np.float64)
         self._position = 0  # next output's position in upsampled samples, from the chunk start
 
@@ -100,7 +101,12 @@ class Resampler:
         y: Floats
         if down == 1:  # integer upsampling: zero-stuff, then one convolution (one GIL release)
             # Each sample ends its slot of `up`, so output up*r + p lands at valid index up*r + p.
-            stuffed = np.zeros(up * len(buffer) + up - 1, dtype=np.float64)
+            # The buffer is reused: its zeros stay zeros, and numpy allocates zeroed memory with
+            # the GIL released, a costly hand-off on a busy event loop.
+            size = up * len(buffer) + up - 1
+            if len(self._stuffed) != size:
+                self._stuffed = np.zeros(size, dtype=np.float64)
+            stuffed = self._stuffed
             stuffed[up - 1 : up * len(buffer) : up] = buffer
             y = np.convolve(stuffed, self._stuffed_kernel, "valid")
         elif up == 1:  # integer downsampling: filter, then keep every down-th sample

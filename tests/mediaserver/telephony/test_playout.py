@@ -7,7 +7,11 @@ from mediaserver.telephony.playout import AudioChunk, MarkOut, Playout, Progress
 
 
 def audio(ms, value=100, rate=8000):
-    return np.full(rate * ms // 1000, value, dtype=np.int16)
+    return np.full(rate * ms // 1000, value, dtype="<i2").tobytes()
+
+
+def samples(chunk):
+    return np.frombuffer(chunk.audio, dtype="<i2")
 
 
 def chunks(items):
@@ -27,7 +31,7 @@ def test_sends_at_most_the_lead_ahead_then_one_frame_every_20_ms():
     playout.push(1, audio(1000), 1000)
     first = chunks(playout.due(10.0))
     assert len(first) == 5  # 100 ms ahead
-    assert all(len(c.samples) == 160 for c in first)
+    assert all(len(samples(c)) == 160 for c in first)
     assert chunks(playout.due(10.0)) == []
     assert playout.next_due_at(10.0) == pytest.approx(10.02)
     assert len(chunks(playout.due(10.019))) == 0
@@ -47,10 +51,10 @@ def test_a_partial_frame_waits_until_the_far_end_would_run_dry_then_is_padded():
     assert chunks(playout.due(0.01)) == []
     playout.push(1, audio(10), 10)  # more audio arrived in time: no padding
     sent = chunks(playout.due(0.01))
-    assert len(sent) == 1 and np.all(sent[0].samples == 100)
+    assert len(sent) == 1 and np.all(samples(sent[0]) == 100)
     playout.push(1, audio(5), 5)
     (padded,) = chunks(playout.due(0.04))
-    assert np.count_nonzero(padded.samples) == 40 and len(padded.samples) == 160
+    assert np.count_nonzero(samples(padded)) == 40 and len(samples(padded)) == 160
     assert playout.padded_chunks == 1
 
 
@@ -59,13 +63,13 @@ def test_turns_never_share_a_chunk():
     playout.push(1, audio(30, 1), 30)
     playout.push(2, audio(30, 2), 30)
     sent = chunks(playout.due(0.0)) + chunks(playout.due(0.04))
-    assert [(c.turn_id, int(np.count_nonzero(c.samples))) for c in sent] == [
+    assert [(c.turn_id, int(np.count_nonzero(samples(c)))) for c in sent] == [
         (1, 160),
         (1, 80),
         (2, 160),
         (2, 80),
     ]
-    assert all(set(np.unique(c.samples)) <= {0, c.turn_id} for c in sent)
+    assert all(set(np.unique(samples(c))) <= {0, c.turn_id} for c in sent)
 
 
 def test_marks_track_what_was_played_and_report_the_whole_turn_at_its_end():
@@ -104,11 +108,11 @@ def test_exotel_like_chunks_of_200_ms():
     playout = Playout(sample_rate=8000, chunk_ms=200, lead_ms=400, mark_every_ms=200)
     playout.push(1, audio(500), 500)
     first = playout.due(0.0)
-    assert [len(c.samples) for c in chunks(first)] == [1600, 1600]
+    assert [len(samples(c)) for c in chunks(first)] == [1600, 1600]
     assert len(marks(first)) == 2
     assert chunks(playout.due(0.1)) == []
     (last,) = chunks(playout.due(0.2))  # the far end is about to run dry: padded
-    assert np.count_nonzero(last.samples) == 800
+    assert np.count_nonzero(samples(last)) == 800
 
 
 def test_a_carrier_that_never_echoes_marks_does_not_grow_memory():
@@ -126,6 +130,15 @@ def test_refill_wakes_the_sender_only_when_two_frames_fit():
     assert playout.next_due_at(0.0) == pytest.approx(0.04)
     assert len(chunks(playout.due(0.04))) == 2
     assert playout.next_due_at(0.04) == pytest.approx(0.08)
+
+
+def test_mu_law_is_padded_with_its_own_silence():
+    playout = Playout(sample_rate=8000, chunk_ms=20, lead_ms=100, silence=b"\xff")
+    playout.push(1, b"\x00" * 100, 12.5)
+    (chunk,) = chunks(playout.due(0.0))
+    assert chunk.audio == b"\x00" * 100 + b"\xff" * 60
+    with pytest.raises(ValueError, match="whole samples"):
+        Playout(sample_rate=8000, chunk_ms=20, lead_ms=100).push(1, b"\x00", 0.1)
 
 
 def test_lead_shorter_than_a_chunk_is_refused():
