@@ -1,13 +1,15 @@
 """The tenant store: companies, their API keys, agents and phone numbers, and call records.
 
 One SQLite file in WAL mode, opened with `Store.open`, migrated forward at open
-(`migrations.py`: v1 tenants, v2 calls). Schema, by owner:
+(`migrations.py`: v1 tenants, v2 calls, v3 webhooks). Schema, by owner:
 
     companies ─┬─ api_keys        only SHA-256 of the secret + a public 8-char prefix
                ├─ agents ─── phone_numbers   (company_id, agent_id) -> agents: same company
                ├─ conversations ─── calls ─┬─ call_events
                │                           ├─ turns
                │                           └─ usage
+               ├─ webhooks        one URL + signing secret
+               └─ webhook_outbox  durable deliveries (pending, delivered, failed)
 
 Isolation rule: every tenant-facing query carries `company_id` in its WHERE clause, and child
 tables hold `company_id` with a composite foreign key to their parent, so a row of one company can
@@ -35,6 +37,7 @@ from mediaserver.store.models import (
     CallStatus,
     Company,
     Conversation,
+    DayUsage,
     FaqRule,
     PhoneNumber,
     Transport,
@@ -42,7 +45,10 @@ from mediaserver.store.models import (
     TurnRole,
     Usage,
     VadOverrides,
+    Webhook,
+    WebhookDelivery,
 )
+from mediaserver.store.reports import CallFilter, CallPage, CallSummary, Percentiles
 from mediaserver.store.store import Store
 from mediaserver.store.validation import (
     LLM_ENGINES,
@@ -64,13 +70,18 @@ __all__ = [
     "ApiKey",
     "Call",
     "CallEvent",
+    "CallFilter",
+    "CallPage",
     "CallStatus",
+    "CallSummary",
     "Company",
     "Conflict",
     "Conversation",
+    "DayUsage",
     "FaqRule",
     "InvalidValue",
     "NotFound",
+    "Percentiles",
     "PhoneNumber",
     "SchemaTooNew",
     "Store",
@@ -81,6 +92,8 @@ __all__ = [
     "TurnRole",
     "Usage",
     "VadOverrides",
+    "Webhook",
+    "WebhookDelivery",
     "is_e164",
     "parse_faq",
     "parse_vad",

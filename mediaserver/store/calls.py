@@ -122,7 +122,13 @@ async def start_call(
             (call_id, company_id, conversation_id, agent_id, transport, peer_id, time.time()),
         )
         call = await _fetch_call(tx, company_id, call_id)
-    logger.info("= call %s started (%s, agent %s)", call_id, transport, agent_id)
+    logger.info(
+        "= call %s started (%s, agent %s)",
+        call_id,
+        transport,
+        agent_id,
+        extra={"call_id": call_id},
+    )
     return call
 
 
@@ -137,7 +143,7 @@ async def end_call(db: Database, company_id: str, call_id: str, reason: str) -> 
         )
         call = await _fetch_call(tx, company_id, call_id)
     if ended:
-        logger.info("= call %s ended: %s", call_id, reason)
+        logger.info("= call %s ended: %s", call_id, reason, extra={"call_id": call_id})
     return call
 
 

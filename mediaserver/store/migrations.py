@@ -159,7 +159,42 @@ _CALLS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_TENANTS, _CALLS)
+_WEBHOOKS = Migration(
+    version=3,
+    name="webhooks",
+    statements=(
+        # One endpoint per company. The secret is kept in clear: signing needs it (HMAC).
+        """CREATE TABLE webhooks (
+            company_id TEXT PRIMARY KEY REFERENCES companies (id) ON DELETE CASCADE,
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        # The durable outbox: a row is written before any attempt and kept after the last, so a
+        # restart loses no pending delivery. `body` is final; each attempt signs it afresh.
+        """CREATE TABLE webhook_outbox (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            company_id TEXT NOT NULL REFERENCES companies (id) ON DELETE CASCADE,
+            event TEXT NOT NULL,
+            call_id TEXT,
+            url TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT,
+            delivered_at REAL,
+            failed_at REAL
+        )""",
+        "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)"
+        " WHERE delivered_at IS NULL AND failed_at IS NULL",
+        "CREATE INDEX webhook_outbox_by_company ON webhook_outbox (company_id, id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_TENANTS, _CALLS, _WEBHOOKS)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

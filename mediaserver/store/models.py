@@ -185,3 +185,56 @@ class Usage:
     tokens_out: int = 0
     audio_in_s: float = 0.0
     audio_out_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """Where a company's call events are POSTed, and the secret they are signed with."""
+
+    company_id: str
+    url: str
+    secret: str
+    created_at: float
+    updated_at: float
+
+
+WebhookState = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookDelivery:
+    """One event in the durable webhook outbox; `body` is the exact JSON that is signed."""
+
+    id: int
+    event_id: str
+    company_id: str
+    event: str
+    call_id: str | None
+    url: str
+    body: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    delivered_at: float | None
+    failed_at: float | None
+
+    @property
+    def state(self) -> WebhookState:
+        if self.delivered_at is not None:
+            return "delivered"
+        return "failed" if self.failed_at is not None else "pending"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DayUsage:
+    """What a company used on one UTC day (calls counted on the day they started)."""
+
+    day: str  # YYYY-MM-DD
+    calls: int
+    minutes: float  # of the calls that have ended
+    voice_to_voice_p50_ms: float | None
+    voice_to_voice_p95_ms: float | None
+    interruptions: int
+    tokens_in: int
+    tokens_out: int

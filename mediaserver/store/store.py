@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Unpack
 
-from mediaserver.store import agents, calls, tenants
+from mediaserver.store import agents, calls, reports, tenants, webhooks
 from mediaserver.store.db import Database
 from mediaserver.store.migrations import migrate
 from mediaserver.store.models import (
@@ -19,10 +20,14 @@ from mediaserver.store.models import (
     CallStatus,
     Company,
     Conversation,
+    DayUsage,
     PhoneNumber,
     TurnRecord,
     Usage,
+    Webhook,
+    WebhookDelivery,
 )
+from mediaserver.store.reports import CallFilter, CallPage
 
 
 class Store:
@@ -248,3 +253,73 @@ class Store:
 
     async def list_usage(self, company_id: str, call_id: str) -> list[Usage]:
         return await calls.list_usage(self._db, company_id, call_id)
+
+    # Reports (read-only, tenant-scoped)
+
+    async def search_calls(
+        self, company_id: str, where: CallFilter, *, limit: int = 50, offset: int = 0
+    ) -> CallPage:
+        """The company's calls matching `where`, newest first, with the total count."""
+        return await reports.search_calls(self._db, company_id, where, limit=limit, offset=offset)
+
+    async def usage_per_day(self, company_id: str, first: dt.date, last: dt.date) -> list[DayUsage]:
+        """Calls, minutes, voice-to-voice p50/p95, interruptions and tokens per UTC day."""
+        return await reports.usage_per_day(self._db, company_id, first, last)
+
+    async def conversation_turns(
+        self, company_id: str, conversation_id: str
+    ) -> tuple[Conversation, list[tuple[str, TurnRecord]]]:
+        """A conversation and the `(call_id, turn)`s of all its calls; `NotFound` if unknown."""
+        return await reports.conversation_turns(self._db, company_id, conversation_id)
+
+    # Webhooks and their durable outbox
+
+    async def set_webhook(self, company_id: str, url: str, secret: str) -> Webhook:
+        """Set (or replace) the company's webhook URL and signing secret."""
+        return await webhooks.set_webhook(self._db, company_id, url, secret)
+
+    async def get_webhook(self, company_id: str) -> Webhook | None:
+        return await webhooks.get_webhook(self._db, company_id)
+
+    async def delete_webhook(self, company_id: str) -> None:
+        """Stop sending events; deliveries already queued still go to the URL they were for."""
+        await webhooks.delete_webhook(self._db, company_id)
+
+    async def enqueue_webhook(
+        self, company_id: str, *, event_id: str, event: str, call_id: str | None, body: str
+    ) -> WebhookDelivery | None:
+        """Queue a delivery to the company's webhook; None when it has no webhook."""
+        return await webhooks.enqueue_webhook(
+            self._db, company_id, event_id=event_id, event=event, call_id=call_id, body=body
+        )
+
+    async def due_webhooks(
+        self, now: float, limit: int = 50, *, exclude: Collection[int] = ()
+    ) -> list[WebhookDelivery]:
+        """Every company's pending deliveries due at `now` but not in `exclude` (worker only)."""
+        return await webhooks.due_webhooks(self._db, now, limit, exclude=exclude)
+
+    async def next_webhook_due_at(self, *, exclude: Collection[int] = ()) -> float | None:
+        """When the next pending delivery not in `exclude` is due (unix seconds), or None."""
+        return await webhooks.next_webhook_due_at(self._db, exclude=exclude)
+
+    async def webhook_secret(self, company_id: str) -> str | None:
+        return await webhooks.webhook_secret(self._db, company_id)
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: int,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Count an attempt: delivered, to be retried at `retry_at`, or failed for good."""
+        await webhooks.record_webhook_attempt(
+            self._db, delivery_id, delivered=delivered, error=error, retry_at=retry_at
+        )
+
+    async def list_webhook_deliveries(
+        self, company_id: str, *, limit: int = 20
+    ) -> list[WebhookDelivery]:
+        return await webhooks.list_webhook_deliveries(self._db, company_id, limit=limit)
