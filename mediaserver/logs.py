@@ -3,12 +3,17 @@
 Human format by default, JSON lines with `--log-format json`. Records go to stderr, so commands
 that print `--json` keep stdout to exactly one document. A record of a call carries `call_id`
 (set by the `LoggerAdapter` each call creates), and both formats show it.
+
+Secrets and audio stay out: code logs sizes and key prefixes, never payloads (STYLE.md §9), and
+as a last guard `RedactSecrets` masks anything shaped like an API key, a webhook secret or a
+bearer token in the final message, and an extra field holding bytes is logged as its length.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -16,6 +21,36 @@ from typing import Any, TextIO
 from config.settings import LogSettings
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# API keys keep their public prefix (it names the key); everything secret after it is masked.
+_SECRETS = (
+    (re.compile(r"\b(msk_[a-z0-9]{8}_)[A-Za-z0-9_-]+"), r"\1***"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9_-]+"), "whsec_***"),
+    (re.compile(r"\b(Bearer\s+)[^\s'\",]+", re.IGNORECASE), r"\1***"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with API keys, webhook secrets and bearer tokens masked."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in a record's final message (installed on the handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def _field(value: object) -> int | float | str | bool:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"  # audio or any payload: its size, never its content
+    return value if isinstance(value, int | float | str | bool) else redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,9 +67,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, int | float | str | bool) else str(value)
+                entry[key] = _field(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -44,6 +79,8 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
+        if record.exc_info:
+            text = redact(text)  # a traceback may quote a secret; the message is already clean
         call_id = getattr(record, "call_id", None)
         return f"{text} [call {call_id}]" if call_id else text
 
@@ -52,6 +89,7 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
     """Install one stderr handler on the root logger, replacing any earlier one."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else HumanFormatter())
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
