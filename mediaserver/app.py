@@ -2,8 +2,11 @@
 
     settings -> engine check -> store (migrations, demo tenant) -> ICE policy, engine catalog
              -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
+             -> Metrics, webhooks (events + delivery worker), CallObservers (metrics, recordings,
+                webhooks of each call)
              -> CallEdge (calls for every transport)
-             -> HTTP app (health, /signal, /whip, /twilio, /exotel, request log) -> uvicorn
+             -> HTTP app (health, /signal, /whip, /twilio, /exotel, /api, /metrics, request log)
+                -> uvicorn
              -> signal handlers (SIGTERM drains, SIGINT stops now)
 
 Everything is built here with plain constructor calls; tests build the same pieces the same way.
@@ -32,19 +35,23 @@ from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import Settings
 from mediaserver.calls import CallEdge
+from mediaserver.calls.observers import CallObservers
 from mediaserver.debug import debug_server
 from mediaserver.engines.catalog import EngineCatalog
 from mediaserver.errors import StartupError
 from mediaserver.http.access_log import RequestLog
+from mediaserver.http.api import api_routes
 from mediaserver.http.demo import demo_routes, static_files
 from mediaserver.http.health import health_routes
 from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
+from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
 from mediaserver.signaling.server import signaling_routes
 from mediaserver.store import AgentSpec, Store
 from mediaserver.telephony.exotel_stream import exotel_routes
 from mediaserver.telephony.twilio_rest import TwilioCalls
 from mediaserver.telephony.twilio_stream import twilio_routes
+from mediaserver.webhooks import WebhookEvents, WebhookWorker
 from mediaserver.webrtc.ice import configure_ice
 
 logger = logging.getLogger(__name__)
@@ -128,14 +135,20 @@ def build_http_app(
     edge: CallEdge | None = None,
     settings: Settings | None = None,
     store: Store | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """Health; with a call edge also `WS /signal`, WHIP and the demo page (`GET /`), and with the
     store the telephony endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`).
-    Request lines are logged redacted."""
-    app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url=None)
+    Request lines are logged redacted. With settings and the store, the tenant API (`/api`,
+    described at `/openapi.json`); with metrics, `GET /metrics`."""
+    app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestLog)
     capacity_left = edge.capacity_left if edge is not None else None
     app.include_router(health_routes(lifecycle, capacity_left=capacity_left))
+    if store is not None and settings is not None:
+        app.include_router(api_routes(store, settings.limits))
+    if metrics is not None:
+        app.include_router(metrics_routes(metrics))
     if edge is not None:
         assert settings is not None
         webrtc, limits = settings.webrtc, settings.limits
@@ -188,21 +201,26 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
         debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store)
+        ops = build_operations(settings, store, calls.registry)
         edge = CallEdge(
             store=store,
             switchboard=calls.switchboard,
             registry=calls.registry,
             lifecycle=lifecycle,
             limits=settings.limits,
-            engines=catalog,
+            engines=MeteredEngines(catalog, ops.metrics),
             outbound_audio_ms=settings.webrtc.outbound_queue_ms,
             tap_outbox=debug.events.tap,
+            observers=ops.observers,
         )
         try:
             sock = bind_socket(settings.server.host, settings.server.port)
             await debug.start()
+            ops.start()
             base = format_url(settings.server.host, sock.getsockname()[1])
-            app = build_http_app(lifecycle, edge=edge, settings=settings, store=store)
+            app = build_http_app(
+                lifecycle, edge=edge, settings=settings, store=store, metrics=ops.metrics
+            )
             server = http_server(app, settings)
             # Before the listening line: a signal from then on always takes the orderly path.
             with _signals_handled(server, lifecycle, calls, settings.limits.drain_s):
@@ -221,6 +239,7 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
                 await serving
         finally:
             await edge.close()
+            await ops.close()
             await calls.close()
             await debug.close()
             await asyncio.to_thread(catalog.close)
@@ -242,6 +261,48 @@ def start_actors(settings: Settings) -> Calls:
         registry=registry,
     )
     return Calls(switchboard=switchboard, registry=registry, dispatcher=dispatcher)
+
+
+class Operations:
+    """Metrics, the event-loop lag probe, webhooks, and the call observers made of them."""
+
+    def __init__(self, *, metrics: Metrics, events: WebhookEvents, webhooks: WebhookWorker,
+                 observers: CallObservers, loop_lag: LoopLagProbe) -> None:  # fmt: skip
+        self.metrics = metrics
+        self.events = events
+        self.webhooks = webhooks
+        self.observers = observers
+        self.loop_lag = loop_lag
+
+    def start(self) -> None:
+        """Start the loop-lag probe and webhook delivery on the running loop."""
+        self.loop_lag.start()
+        self.webhooks.start()
+
+    async def close(self) -> None:
+        """After the calls: the last `call.ended` events reach the outbox, then delivery stops
+        (whatever is still pending goes out after the next start)."""
+        await self.events.close()
+        await self.webhooks.close()
+        await self.loop_lag.close()
+
+
+def build_operations(settings: Settings, store: Store, registry: CallRegistry) -> Operations:
+    """Metrics watching `registry`, webhooks from `store`, recordings under `recording.dir`."""
+    metrics = Metrics()
+    metrics.watch(registry)
+    webhooks = WebhookWorker(store, settings.webhooks, metrics=metrics)
+    events = WebhookEvents(store, on_queued=webhooks.wake)
+    observers = CallObservers(
+        metrics=metrics, store=store, recording=settings.recording, webhooks=events
+    )
+    return Operations(
+        metrics=metrics,
+        events=events,
+        webhooks=webhooks,
+        observers=observers,
+        loop_lag=LoopLagProbe(metrics),
+    )
 
 
 @contextlib.contextmanager

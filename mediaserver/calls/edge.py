@@ -13,10 +13,11 @@ Refusals raise `CallRefusal` with one of `REFUSALS`; each transport maps them to
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 from pykka import ActorDeadError, ActorRef
 
@@ -30,6 +31,7 @@ from actors.messages import AdmitCall, Outbox, RefusalReason
 from config.settings import LimitsSettings
 from mediaserver.calls.attempts import CallAttempts
 from mediaserver.calls.live_call import AdmissionRefused, LiveCall, Transport
+from mediaserver.calls.observers import CallObservers
 from mediaserver.calls.outbox import CallOutbox
 from mediaserver.calls.recorder import CallRecorder
 from mediaserver.errors import EdgeError
@@ -105,6 +107,26 @@ def agent_config(agent: Agent) -> AgentConfig:
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _observing_refusals(
+    method: Callable[Concatenate[CallEdge, P], Awaitable[R]],
+) -> Callable[Concatenate[CallEdge, P], Awaitable[R]]:
+    """Report each `CallRefusal` the method raises to the edge's observers (metrics)."""
+
+    @functools.wraps(method)
+    async def observed(edge: CallEdge, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(edge, *args, **kwargs)
+        except CallRefusal as refusal:
+            edge._observers.refused(refusal.reason)
+            raise
+
+    return observed
+
+
 class CallEdge:
     """The calls of this server, for every transport. Loop only.
 
@@ -113,6 +135,7 @@ class CallEdge:
             transport has its own, larger, real-time queue behind it).
         faults: makes a `FaultPlan` per call (debug.fault_injection), or None.
         tap_outbox: wraps the outbox the tree puts to (the debug socket's `DebugEvents.tap`).
+        observers: metrics, recordings and webhooks of every call (none by default).
     """
 
     def __init__(
@@ -127,6 +150,7 @@ class CallEdge:
         outbound_audio_ms: float = 60_000,
         faults: Callable[[], FaultPlan] | None = None,
         tap_outbox: Callable[[Outbox], Outbox] | None = None,
+        observers: CallObservers | None = None,
     ) -> None:
         self._store = store
         self._switchboard = switchboard
@@ -137,6 +161,7 @@ class CallEdge:
         self._outbound_audio_ms = outbound_audio_ms
         self._faults = faults
         self._tap_outbox = tap_outbox
+        self._observers = observers or CallObservers()
         self._attempts = CallAttempts(limits.call_attempts_per_min)
         self._live: dict[str, LiveCall] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -157,6 +182,7 @@ class CallEdge:
 
     # -- starting calls ------------------------------------------------------------------------
 
+    @_observing_refusals
     async def authenticate(self, api_key: str) -> Company:
         """The company of a live API key.
 
@@ -172,6 +198,7 @@ class CallEdge:
             raise CallRefusal("unauthorized")
         return found[0]
 
+    @_observing_refusals
     async def open_call(
         self,
         company: Company,
@@ -250,6 +277,7 @@ class CallEdge:
             call.log.error("= store: the call's rows were not written: %s", exc)
             raise CallRefusal("internal") from None
         call.conversation_id = conversation.id
+        call.observer = self._observers.opened(call)
         recorder.start()
         call.start_timers()
         self._live[call_id] = call

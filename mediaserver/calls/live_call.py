@@ -54,6 +54,7 @@ from actors.messages import (
     UsageRecorded,
 )
 from config.settings import LimitsSettings
+from mediaserver.calls.observers import NO_OBSERVER, CallObserver
 from mediaserver.calls.outbox import CallOutbox
 from mediaserver.calls.recorder import CallRecorder
 from mediaserver.logs import CallLogger
@@ -121,6 +122,7 @@ class LiveCall:
         self.transport = transport
         self.outbox = outbox
         self.recorder = recorder
+        self.observer: CallObserver = NO_OBSERVER  # metrics, recording, webhooks: set when opened
         self.log = CallLogger(logger, {"call_id": call_id})
         self.handle: CallHandle | None = None
         self.end_reason: EndReason | None = None
@@ -178,6 +180,7 @@ class LiveCall:
                     call_id=self.call_id, pcm=pcm, sample_rate=SAMPLE_RATE, captured_at=captured_at
                 )
             )
+        self.observer.caller_audio(pcm, captured_at)
 
     def text_received(self, text: str) -> None:
         self._active()
@@ -224,6 +227,7 @@ class LiveCall:
 
     def _dispatch(self, message: Outbound) -> bool:
         """Act on one outbound message; True when the pump is done."""
+        self.observer.outbound(message)
         match message:
             case BotAudio():
                 self._active()
@@ -292,6 +296,7 @@ class LiveCall:
                 except Exception:
                     self.log.exception("= closing the transport failed")
             await self.recorder.wait_written()
+            self.observer.finished(self)
         finally:
             self.finished.set()
 
