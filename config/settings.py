@@ -191,14 +191,20 @@ class LogSettings(Section):
 
 
 class RecordingSettings(Section):
-    dir: str = "recordings"
+    """Calls of agents with `recording` on: one stereo WAV each (caller left, agent right)."""
+
+    dir: str = Field("recordings", description="Folder of recordings, a subfolder per company")
 
 
 class WebhookSettings(Section):
-    timeout_s: float = Field(10.0, gt=0)
-    max_attempts: int = Field(8, ge=1)
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(300.0, gt=0)
+    """`call.started` / `call.ended` POSTs from the durable outbox (docs/http-api.md)."""
+
+    timeout_s: float = Field(10.0, gt=0, description="Per delivery attempt")
+    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is failed")
+    backoff_initial_s: float = Field(
+        1.0, gt=0, description="Wait after the first failed attempt; doubles after each"
+    )
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest wait between attempts")
 
 
 class Settings(BaseSettings):
