@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 from config.settings import LogSettings
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds `color_message`, its message with terminal colour codes: not for a JSON line.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 # API keys keep their public prefix (it names the key); everything secret after it is masked.
 _SECRETS = (
     (re.compile(r"\b(msk_[a-z0-9]{8}_)[A-Za-z0-9_-]+"), r"\1***"),
