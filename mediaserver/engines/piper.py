@@ -72,7 +72,7 @@ class PiperSpeaker:
 def _load_voice(path: Path) -> Any:
     """`PiperVoice.load`, with our session options (it offers no way to pass them)."""
     # The optional extra's modules, imported on first use; onnxruntime ships no type hints.
-    import onnxruntime  # type: ignore[import-untyped]  # noqa: PLC0415
+    import onnxruntime  # noqa: PLC0415
     from piper import PiperVoice  # noqa: PLC0415
     from piper.config import PiperConfig  # noqa: PLC0415
 
