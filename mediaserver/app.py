@@ -197,7 +197,7 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         key = await ensure_demo_tenant(store)
         lifecycle = Lifecycle()
         configure_ice(settings.webrtc)
-        catalog = EngineCatalog(settings.offline)
+        catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
         await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
         debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store)
@@ -234,7 +234,7 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
                 if key is not None:
                     print(f"API key: {key}", file=out)
                     print("  (shown once; make more with `mediaserver key create`)", file=out)
-                print(f"Health: {base}/healthz  Ready: {base}/readyz", file=out)
+                print_urls(out, base, settings)
                 print(f"listening on {base}", file=out, flush=True)
                 await serving
         finally:
@@ -242,11 +242,34 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             await ops.close()
             await calls.close()
             await debug.close()
-            await asyncio.to_thread(catalog.close)
+            await catalog.aclose()
         lifecycle.mark_stopped()
         return 0
     finally:
         await store.close()
+
+
+def print_urls(out: TextIO, base: str, settings: Settings) -> None:
+    """What a new user can open or point a client at, once."""
+    public = settings.server.public_url.rstrip("/") or base
+    lines = [
+        ("Demo page", f"{base}/"),
+        ("Signaling", f"{as_ws(base)}/signal/PEER_ID  (Bearer KEY; docs/signaling.md)"),
+        ("WHIP", f"{base}/whip"),
+        ("Twilio", f"{public}/twilio/voice  (voice webhook)"),
+        ("Exotel", f"{as_ws(public)}/exotel/stream"),
+        ("Tenant API", f"{base}/api/  (schema: {base}/openapi.json)"),
+        ("Metrics", f"{base}/metrics"),
+        ("Health", f"{base}/healthz  ready: {base}/readyz"),
+        ("Debug", f"{settings.debug.socket_path}  (mediaserver inspect calls)"),
+    ]
+    for name, url in lines:
+        print(f"{name + ':':<12}{url}", file=out)
+
+
+def as_ws(url: str) -> str:
+    """The websocket URL of an http(s) URL: http -> ws, https -> wss."""
+    return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
 
 def start_actors(settings: Settings) -> Calls:

@@ -15,6 +15,10 @@ class StartupError(EdgeError):
     """The server cannot start as configured; the message says what to do."""
 
 
+class EngineUnavailable(EdgeError):
+    """An agent names an engine this server cannot provide; the message says which and why."""
+
+
 class ProtocolViolation(EdgeError):
     """A peer sent data that breaks the wire protocol."""
 

@@ -34,7 +34,7 @@ from mediaserver.calls.live_call import AdmissionRefused, LiveCall, Transport
 from mediaserver.calls.observers import CallObservers
 from mediaserver.calls.outbox import CallOutbox
 from mediaserver.calls.recorder import CallRecorder
-from mediaserver.errors import EdgeError
+from mediaserver.errors import EdgeError, EngineUnavailable
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.store import Agent, Company, Store, StoreError
 from mediaserver.store import Transport as TransportName
@@ -223,6 +223,10 @@ class CallEdge:
         config = agent_config(agent)
         try:
             engines = self._engines.engines_for(config)
+        except EngineUnavailable as exc:
+            # A configuration problem, not a bug: say which, without a traceback.
+            logger.warning("= call refused: agent %s: %s", agent.id, exc)
+            raise CallRefusal("internal") from None
         except Exception:
             logger.exception("= no engines for agent %s", agent.id)
             raise CallRefusal("internal") from None

@@ -46,7 +46,7 @@ from mediaserver.engines.scripted import FaqRuleError, ScriptedLlm
 from mediaserver.engines.silero import SileroVadFactory
 from mediaserver.engines.synthesis import SentenceTts
 from mediaserver.engines.whisper import WhisperRecognizer, WhisperStt
-from mediaserver.errors import EdgeError, StartupError
+from mediaserver.errors import EngineUnavailable, StartupError
 
 if TYPE_CHECKING:
     from actors.agent import AgentConfig
@@ -57,10 +57,6 @@ logger = logging.getLogger(__name__)
 INSTALL_OFFLINE = "install the embedded engines with `pip install '.[offline]'`"
 E = TypeVar("E")
 VAD_SPARES = 2  # idle VAD models kept ready: two calls may start without building one
-
-
-class EngineUnavailable(EdgeError):
-    """An agent names an engine this server cannot provide; the message says which and why."""
 
 
 class AsyncClosable(Protocol):

@@ -11,7 +11,6 @@ from actors.agent import AgentConfig, FaqRule
 from config.settings import DeepgramSettings, OfflineSettings, OpenAISettings, Settings
 from mediaserver.engines.catalog import (
     EngineCatalog,
-    EngineUnavailable,
     ProviderEngines,
     provider_engines,
 )
@@ -23,7 +22,7 @@ from mediaserver.engines.openai_tts import OpenAITts
 from mediaserver.engines.scripted import ScriptedLlm
 from mediaserver.engines.synthesis import SentenceTts
 from mediaserver.engines.whisper import WhisperStt
-from mediaserver.errors import EdgeError, StartupError
+from mediaserver.errors import EdgeError, EngineUnavailable, StartupError
 
 OFFLINE = AgentConfig(id="a1", name="Offline")
 ECHO = AgentConfig(id="a2", name="Echo", stt_engine="echo", llm_engine="echo", tts_engine="echo")
