@@ -46,8 +46,11 @@ class Server:
         self.stderr = ""
         lines: queue.Queue[str | None] = queue.Queue()
 
+        stdout = self.process.stdout
+        assert stdout is not None
+
         def pump():
-            for line in self.process.stdout:
+            for line in stdout:
                 lines.put(line.rstrip("\n"))
             lines.put(None)
 
