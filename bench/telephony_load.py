@@ -50,6 +50,7 @@ import logging
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # types-psutil is not installed
 from fastapi import FastAPI
+from uvicorn.protocols.websockets import websockets_sansio_impl as impl
 from websockets.asyncio.client import connect
 
 from actors.engines import (
@@ -94,9 +95,11 @@ def speech_8k(text: str) -> np.ndarray:
 # -- the server ---------------------------------------------------------------------------------
 
 
-def serve(vad_mode: str, calls: int, switch_interval_ms: float) -> None:
+def serve(vad_mode: str, calls: int, switch_interval_ms: float, lazy_pause: bool) -> None:
     if switch_interval_ms:
         sys.setswitchinterval(switch_interval_ms / 1000)
+    if lazy_pause:
+        _pause_reading_lazily()
     logging.basicConfig(level=logging.WARNING)
     answer = speech_8k(ANSWER).tobytes()
 
@@ -206,13 +209,57 @@ def serve(vad_mode: str, calls: int, switch_interval_ms: float) -> None:
             json.dumps({"port": sock.getsockname()[1], "answer_frames": len(answer) // 320}),
             flush=True,
         )
+        lags: list[float] = []
+
+        async def watch_loop() -> None:
+            """The event loop's lag: how late a 10 ms sleep wakes up."""
+            while True:
+                asked = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - asked - 0.01)
+
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(watch_loop())
         await stop.wait()
+        watcher.cancel()
+        if lags:
+            ordered = sorted(lags)
+            print(
+                json.dumps(
+                    {
+                        "loop_lag_ms": {
+                            "p50": round(ordered[len(ordered) // 2] * 1000, 1),
+                            "p99": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
+                            "max": round(ordered[-1] * 1000, 1),
+                        }
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
         server.should_exit = True
         await serving
         await actors.close()
         await store.close()
 
     asyncio.run(main())
+
+
+def _pause_reading_lazily() -> None:
+    """Experiment: uvicorn's websockets-sansio protocol pauses the socket after every message
+    and resumes it on every `receive()`: two epoll syscalls (and GIL hand-offs) per message.
+    Pause only once 32 messages wait, as the websockets library's own `max_queue` does."""
+    original = impl.WebSocketsSansIOProtocol.send_receive_event_to_app
+
+    def send_receive_event_to_app(self: Any) -> None:
+        self.read_paused = True  # tell the original not to pause...
+        original(self)
+        self.read_paused = False
+        if self.queue.qsize() >= 32:  # ...and pause here only when the app falls behind
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    impl.WebSocketsSansIOProtocol.send_receive_event_to_app = send_receive_event_to_app
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -393,7 +440,9 @@ class Row:
         return (self.rss_mb - self.rss_idle_mb) / self.streams
 
 
-def measure(streams: int, vad: str, warmup_s: float, seconds: float, switch_ms: float) -> Row:
+def measure(
+    streams: int, vad: str, warmup_s: float, seconds: float, switch_ms: float, lazy_pause: bool
+) -> Row:
     me = [sys.executable, os.path.abspath(__file__)]
     server = subprocess.Popen(
         [
@@ -405,6 +454,7 @@ def measure(streams: int, vad: str, warmup_s: float, seconds: float, switch_ms: 
             str(streams),
             "--switch-interval-ms",
             f"{switch_ms}",
+            *(["--lazy-pause"] if lazy_pause else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -477,9 +527,14 @@ def main() -> None:
         default=0.0,
         help="the server's sys.setswitchinterval (0 = Python's 5 ms)",
     )
+    parser.add_argument(
+        "--lazy-pause",
+        action="store_true",
+        help="experiment: uvicorn pauses reading only when 32 messages wait (not after each)",
+    )
     args = parser.parse_args()
     if args.serve:
-        serve(args.vad, int(args.streams), args.switch_interval_ms)
+        serve(args.vad, int(args.streams), args.switch_interval_ms, args.lazy_pause)
         return
     if args.client:
         asyncio.run(
@@ -499,7 +554,9 @@ def main() -> None:
     )
     rows = []
     for n in counts:
-        row = measure(n, args.vad, args.warmup, args.seconds, args.switch_interval_ms)
+        row = measure(
+            n, args.vad, args.warmup, args.seconds, args.switch_interval_ms, args.lazy_pause
+        )
         rows.append(row)
         print(
             f"{row.streams:>7} {row.frames:>8} {row.late_pct:>7.2f} {row.worst_late_ms:>8.0f} "
