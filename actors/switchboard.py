@@ -87,7 +87,7 @@ class Switchboard(PooledActor):
     def _admit(self, admit: AdmitCall) -> None:
         reason = self._refusal(admit)
         if reason is not None:
-            logger.info("%s refused: %s", admit.call_id, reason)
+            logger.info("%s refused: %s", admit.call_id, reason, extra={"call_id": admit.call_id})
             self.registry.record_refusal(reason)
             admit.outbox.put(CallRefused(call_id=admit.call_id, reason=reason))
             return
@@ -117,7 +117,11 @@ class Switchboard(PooledActor):
             faults=admit.faults,
         )
         logger.info(
-            "%s admitted (%s, company %s)", admit.call_id, admit.transport, admit.company_id
+            "%s admitted (%s, company %s)",
+            admit.call_id,
+            admit.transport,
+            admit.company_id,
+            extra={"call_id": admit.call_id},
         )
         admit.outbox.put(CallAdmitted(call_id=admit.call_id, handle=handle))
 
