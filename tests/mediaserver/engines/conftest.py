@@ -19,7 +19,7 @@ from config.settings import OfflineSettings
 from mediaserver.engines.catalog import EngineCatalog
 from mediaserver.engines.executors import EngineExecutors
 from mediaserver.engines.piper import PiperSpeaker
-from mediaserver.engines.silero import SileroVadFactory
+from mediaserver.engines.silero import SharedSileroVad, SileroVadFactory
 from mediaserver.engines.synthesis import Speech
 from mediaserver.engines.whisper import WhisperRecognizer
 from tests.timing import MS
@@ -90,7 +90,7 @@ def whisper(catalog: EngineCatalog) -> WhisperRecognizer:
 
 
 @pytest.fixture(scope="session")
-def vad_factory(catalog: EngineCatalog) -> SileroVadFactory:
+def vad_factory(catalog: EngineCatalog) -> SharedSileroVad | SileroVadFactory:
     return catalog.vad
 
 

