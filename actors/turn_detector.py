@@ -12,6 +12,14 @@ least one silent window. This only ever ends a turn earlier than window counting
 later: sound the VAD does not call speech (breath, background noise) moves the loud mark on, and
 then the window count decides as before. Voiced windows with no loud sample for longer than
 `QUIET_VOICED_MS` are quiet speech, not the VAD's lag, and count as loud.
+
+The quiet gate. A window none of whose samples reaches `GATE_PEAK` (-54 dBFS) is not given to
+the VAD at all when no speech is open or starting (not in speech, no voiced run): it counts as a
+silent window, for no model run (about 215 us). Only after the VAD itself has heard
+`GATE_AFTER_WINDOWS` quiet windows in a row, though: Silero's recurrent state then has settled
+on silence, so resuming it later from that state, not from the state after the windows it
+skipped, gives the same decisions to within a window (and a fresh state would not: it is slow
+to call the first words of a call). Decision 0070 has the measurements.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ WINDOW_MS = WINDOW_SAMPLES * 1000 / SAMPLE_RATE
 LOUD_FRACTION = 0.03  # a sample within 30 dB of the turn's loudest is speech energy
 MIN_LOUD = 120  # ... and never quieter than -49 dBFS
 QUIET_VOICED_MS = 100.0  # longer voiced-but-quiet runs are quiet speech, not VAD lag
+GATE_PEAK = 64  # a window with no sample this loud (-54 dBFS) is line silence: the VAD may skip it
+GATE_AFTER_WINDOWS = 16  # ... once it has heard 16 quiet windows in a row itself (0.5 s)
+_SCALE = np.float32(1 / 32768)  # PCM16 -> [-1, 1), exact (a power of two)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,11 +90,20 @@ TurnEvent = SpeechBegan | SpeechEnded
 
 
 class TurnDetector:
-    """Cuts 16 kHz PCM16 into 512-sample windows and tracks speech and silence runs."""
+    """Cuts 16 kHz PCM16 into 512-sample windows and tracks speech and silence runs.
 
-    def __init__(self, settings: TurnSettings, detector: VoiceDetector) -> None:
+    Args:
+        gate_peak: `GATE_PEAK` unless given; 0 gives every window to the VAD.
+    """
+
+    def __init__(
+        self, settings: TurnSettings, detector: VoiceDetector, *, gate_peak: int | None = None
+    ) -> None:
         self._settings = settings
         self._detector = detector
+        self._gate_peak = GATE_PEAK if gate_peak is None else gate_peak
+        self._quiet_windows = 0  # quiet windows in a row that the VAD has heard
+        self.skipped_windows = 0  # windows the gate kept from the VAD
         self._pending = np.zeros(0, dtype=np.int16)
         self._fed = 0  # samples cut into windows so far
         self._voiced_ms = 0.0
@@ -113,21 +133,21 @@ class TurnDetector:
         if self.in_speech and self._silence_ms > 0:
             # Between windows: the silence since the last loud sample may already be enough.
             tail_start = t0 + n_windows * WINDOW_SAMPLES / SAMPLE_RATE
-            if self._loud_until(self._pending, tail_start) is None:
+            if self._loud_until(self._pending, tail_start, _peak(self._pending)) is None:
                 tail_end = tail_start + len(self._pending) / SAMPLE_RATE
                 if (tail_end - self._last_loud_end) * 1000 >= self._settings.end_of_turn_silence_ms:
                     events.append(self._end_turn(tail_start))
         return events
 
     def _loud_until(
-        self, samples: np.ndarray[tuple[int], np.dtype[np.int16]], start: float
+        self, samples: np.ndarray[tuple[int], np.dtype[np.int16]], start: float, peak: int
     ) -> float | None:
-        """Time just after the last loud sample of `samples`, or None if none is loud."""
-        if not len(samples):
-            return None
+        """Time just after the last loud sample of `samples` (whose peak is `peak`), or None."""
         floor = max(self._peak * LOUD_FRACTION, MIN_LOUD)
-        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= floor)
-        return start + (int(loud[-1]) + 1) / SAMPLE_RATE if len(loud) else None
+        if peak < floor:
+            return None  # the usual case in silence: no search
+        loud = np.flatnonzero(np.abs(samples, dtype=np.int32) >= floor)
+        return start + (int(loud[-1]) + 1) / SAMPLE_RATE
 
     def _end_turn(self, start: float) -> SpeechEnded:
         self.in_speech = False
@@ -143,14 +163,26 @@ class TurnDetector:
     ) -> TurnEvent | None:
         sample = self._fed
         self._fed += WINDOW_SAMPLES
-        probability = self._detector.process(window.astype(np.float32) / 32768.0)
-        voiced = probability >= self._settings.threshold
+        peak = _peak(window)
+        quiet = peak < self._gate_peak
+        if (
+            quiet
+            and self._quiet_windows >= GATE_AFTER_WINDOWS
+            and not self.in_speech
+            and self._run_start is None
+        ):
+            self.skipped_windows += 1
+            voiced = False
+        else:
+            self._quiet_windows = self._quiet_windows + 1 if quiet else 0
+            probability = self._detector.process(np.multiply(window, _SCALE, dtype=np.float32))
+            voiced = probability >= self._settings.threshold
         end = start + WINDOW_MS / 1000
         if voiced:
             self._silence_ms = 0.0
             self._last_voiced_end = end
-            self._peak = max(self._peak, int(np.abs(window.astype(np.int32)).max()))
-            loud_until = self._loud_until(window, start)
+            self._peak = max(self._peak, peak)
+            loud_until = self._loud_until(window, start, peak)
             if loud_until is not None:
                 self._last_loud_end = loud_until
                 self._quiet_voiced_ms = 0.0
@@ -172,7 +204,7 @@ class TurnDetector:
         if not self.in_speech:
             self._peak = 0
             return None
-        loud_until = self._loud_until(window, start)
+        loud_until = self._loud_until(window, start, peak)
         if loud_until is not None:  # sound the VAD does not call speech: let the windows decide
             self._last_loud_end = max(self._last_loud_end, loud_until)
         self._silence_ms += WINDOW_MS
@@ -180,3 +212,10 @@ class TurnDetector:
         if self._silence_ms < eot_ms and (end - self._last_loud_end) * 1000 < eot_ms:
             return None
         return self._end_turn(start)
+
+
+def _peak(samples: np.ndarray[tuple[int], np.dtype[np.int16]]) -> int:
+    """The largest magnitude among `samples` (0 if none); -32768 counts as 32768."""
+    if not len(samples):
+        return 0
+    return max(int(samples.max()), -int(samples.min()))

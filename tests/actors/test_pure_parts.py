@@ -8,7 +8,14 @@ from actors.replay_buffer import ReplayBuffer
 from actors.sentences import SentenceSplitter, SpokenText
 from actors.supervision import ChildSpec, RestartIntensity, rest_for_one, should_restart
 from actors.tree_messages import TranscribeAudio, TurnEnded
-from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector, TurnEvent, TurnSettings
+from actors.turn_detector import (
+    GATE_AFTER_WINDOWS,
+    SpeechBegan,
+    SpeechEnded,
+    TurnDetector,
+    TurnEvent,
+    TurnSettings,
+)
 from config.settings import SupervisionSettings
 from tests.actors.fakes import SILENCE, FakeVad, word_frame
 
@@ -144,3 +151,55 @@ def test_noise_the_vad_calls_silence_never_ends_a_turn_early():
     _, decided_at = decision(TurnDetector(settings, QuietOnNoise()), frames)
     speech_end = 10.0 + 18 * 0.02
     assert decided_at - speech_end >= 7 * 0.032 - 0.020  # seven silent windows, as before
+
+
+class CountingVad(FakeVad):
+    """FakeVad that counts the windows it is given."""
+
+    def __init__(self):
+        self.windows = 0
+
+    def process(self, window):
+        self.windows += 1
+        return super().process(window)
+
+
+def test_the_quiet_gate_keeps_line_silence_from_the_vad_once_it_has_heard_half_a_second():
+    vad = CountingVad()
+    detector = TurnDetector(TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200), vad)
+    hush = np.full(320, 40, dtype=np.int16).tobytes()  # -58 dBFS: under the gate
+    assert feed(detector, [hush] * 100) == []  # 2 s: 62 windows
+    assert vad.windows == GATE_AFTER_WINDOWS
+    assert detector.skipped_windows == 62 - GATE_AFTER_WINDOWS
+
+
+def test_the_quiet_gate_never_skips_a_window_in_speech():
+    vad = CountingVad()
+    settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=2000)
+    detector = TurnDetector(settings, vad)
+    # A 1.2 s pause inside the turn: 37 quiet windows, all of them heard by the VAD.
+    frames = [SILENCE] * 64 + [word_frame(1)] * 16 + [SILENCE] * 60 + [word_frame(2)] * 16
+    events = feed(detector, frames)
+    assert [type(e) for e in events] == [SpeechBegan]
+    assert detector.skipped_windows == 64 * 320 // 512 - GATE_AFTER_WINDOWS  # before speech only
+    assert vad.windows + detector.skipped_windows == len(frames) * 320 // 512
+
+
+def test_the_quiet_gate_resumes_right_after_a_turn_ends():
+    vad = CountingVad()
+    settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=600)
+    detector = TurnDetector(settings, vad)
+    events = feed(detector, [SILENCE] * 50 + [word_frame(1)] * 10 + [SILENCE] * 100)
+    assert [type(e) for e in events] == [SpeechBegan, SpeechEnded]
+    heard = vad.windows
+    feed(detector, [SILENCE] * 50, t0=20.0)
+    # The turn's own 600 ms of trailing silence went through the VAD: no new warm-up needed.
+    assert vad.windows == heard
+
+
+def test_the_quiet_gate_changes_no_decision_of_the_fake_vad():
+    settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=200)
+    frames = ([SILENCE] * 40 + [word_frame(1)] * 10 + [SILENCE] * 30) * 3
+    gated = feed(TurnDetector(settings, FakeVad()), frames)
+    ungated = feed(TurnDetector(settings, FakeVad(), gate_peak=0), frames)
+    assert gated == ungated and len(gated) == 6

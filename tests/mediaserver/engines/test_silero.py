@@ -7,6 +7,7 @@ import gc
 import numpy as np
 import pytest
 
+from actors.turn_detector import SpeechBegan, SpeechEnded, TurnDetector, TurnSettings
 from mediaserver.engines.silero import (
     WINDOW_SAMPLES,
     SharedSileroVad,
@@ -115,3 +116,52 @@ def test_read_only_and_int_backed_windows_are_accepted(any_vad):
     assert detector.process(np.zeros(WINDOW_SAMPLES, dtype=np.float64)) < 0.1
     with pytest.raises(ValueError, match="window size"):
         detector.process(np.zeros(100, dtype=np.float32))
+
+
+def test_the_quiet_gate_keeps_silero_s_decisions_on_speech_silence_and_noise(vad_factory, say):
+    rng = np.random.default_rng(5)
+
+    def pcm(samples: np.ndarray) -> bytes:
+        return np.clip(np.round(samples), -32768, 32767).astype(np.int16).tobytes()
+
+    def speech(text: str, gain_db: float = 0.0) -> np.ndarray:
+        return np.frombuffer(say(text), dtype=np.int16) * 10 ** (gain_db / 20)
+
+    def hiss(seconds: float, rms: float) -> np.ndarray:
+        return rng.normal(0, rms, int(16_000 * seconds))
+
+    quiet = speech("Could you tell me your opening hours, please?", -20)  # about -39 dBFS
+    over_hum = speech("Hello there.")
+    audio = b"".join(
+        [
+            pcm(np.zeros(16_000)),  # line silence
+            say(QUESTION),
+            pcm(np.zeros(40_000)),
+            pcm(quiet),
+            pcm(hiss(1.5, 3)),  # -80 dBFS: under the gate
+            pcm(over_hum + hiss(len(over_hum) / 16_000, 3)),
+            pcm(hiss(1.0, 60)),  # -55 dBFS: over the gate, so every window is heard
+            pcm(np.zeros(24_000)),
+        ]
+    )
+
+    def decisions(gate_peak: int | None) -> tuple[list[tuple[str, float]], int]:
+        detector = TurnDetector(TurnSettings(), vad_factory(), gate_peak=gate_peak)
+        events = []
+        for i in range(0, len(audio) - 639, 640):
+            for event in detector.feed(audio[i : i + 640], i / 32_000):
+                if isinstance(event, SpeechBegan):
+                    events.append(("began", event.at))
+                elif isinstance(event, SpeechEnded):
+                    events.append(("ended", event.ended_at))
+        return events, detector.skipped_windows
+
+    every_window, none_skipped = decisions(gate_peak=0)
+    gated, skipped = decisions(gate_peak=None)
+    assert none_skipped == 0
+    assert (
+        [kind for kind, _ in gated] == [kind for kind, _ in every_window] == ["began", "ended"] * 3
+    )
+    for (_, at), (_, reference) in zip(gated, every_window, strict=True):
+        assert abs(at - reference) <= 0.033  # the same window, or the next one
+    assert skipped / (len(audio) // 1024) > 0.25
