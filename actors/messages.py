@@ -67,6 +67,8 @@ class TextReceived:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DtmfReceived:
+    """A keypad press (0-9, *, #, A-D): stored, and read by the LLM as the text `(keypad: D)`."""
+
     call_id: str
     digit: str
 
@@ -246,7 +248,7 @@ class TurnRecorded:
 
     call_id: str
     turn_id: int
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "dtmf"]
     text: str
     started_at: float
     ended_at: float

@@ -16,7 +16,7 @@ fails this instance, and rest_for_one restarts every child after it.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from actors.call_child import CallChild
 from actors.engines import ChatMessage, ReplyRequest
@@ -67,6 +67,10 @@ class Session(CallChild):
                     self._user_said(text.strip(), started_at=at, ended_at=at, speech_ended_at=None)
             case DtmfReceived(digit=digit):
                 self._event("dtmf", digit=digit)
+                # The LLM reads a keypad press as text, in the conversation's order.
+                at = self.clock.monotonic()
+                text = f"(keypad: {digit})"
+                self._user_said(text, started_at=at, ended_at=at, speech_ended_at=None, role="dtmf")
             case MediaConnected():
                 self._greet()
             case ReplyFinished():
@@ -109,14 +113,18 @@ class Session(CallChild):
         speech_ended_at: float | None,
         stt_ms: float | None = None,
         audio_in_s: float = 0.0,
+        role: Literal["user", "dtmf"] = "user",
     ) -> None:
         turn_id = self._user_turn()
-        self.emit(TranscriptUpdated(call_id=self.call_id, turn_id=turn_id, text=text, final=True))
+        if role == "user":
+            self.emit(
+                TranscriptUpdated(call_id=self.call_id, turn_id=turn_id, text=text, final=True)
+            )
         self.emit(
             TurnRecorded(
                 call_id=self.call_id,
                 turn_id=turn_id,
-                role="user",
+                role=role,
                 text=text,
                 started_at=started_at,
                 ended_at=ended_at,

@@ -11,6 +11,7 @@ from actors.messages import (
     CallEnded,
     CallEventRecorded,
     CallRefused,
+    DtmfReceived,
     FlushAudio,
     HangUp,
     MediaConnected,
@@ -78,6 +79,19 @@ def test_typed_text_joins_the_conversation(harness):
     reply = call.outbox.wait_count(ResponseCompleted, 1)[0]
     assert reply.content == "You said hi there. Okay."
     assert user_texts(call.outbox) == ["hi there"]
+
+
+def test_a_keypad_press_is_stored_and_read_by_the_llm_as_text(harness):
+    call = harness.call()
+    call.handle.tell(DtmfReceived(call_id=call.call_id, digit="5"))
+    reply = call.outbox.wait_count(ResponseCompleted, 1)[0]
+    assert reply.content == "You said (keypad: 5). Okay."  # the fake LLM echoes its last input
+    dtmf = [t for t in call.outbox.of(TurnRecorded) if t.role == "dtmf"]
+    assert [t.text for t in dtmf] == ["(keypad: 5)"]
+    events = [e for e in call.outbox.of(CallEventRecorded) if e.kind == "dtmf"]
+    assert [e.data["digit"] for e in events] == ["5"]
+    assert user_texts(call.outbox) == []  # not a spoken or typed turn: no transcript event
+    assert call.outbox.of(TranscriptUpdated) == []
 
 
 def test_barge_in_cancels_the_reply_and_records_the_spoken_text(harness):
