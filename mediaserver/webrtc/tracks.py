@@ -65,16 +65,21 @@ class CallerAudio:
     def convert(self, frame: av.AudioFrame, received_at: float) -> list[tuple[bytes, float]]:
         """Frames completed by `frame`, each with the monotonic time of its first sample."""
         frame.pts = None  # RTP timestamp jumps must not make the resampler pad or stretch
+        buffer = self._buffer
         for out in self._resampler.resample(frame):
-            self._buffer += _samples(out)
+            # Mono s16: 2 bytes a sample. Sliced as a view: the plane may be padded.
+            buffer += memoryview(out.planes[0])[: out.samples * 2]
+        backlog = len(buffer)
+        if backlog < IN_FRAME_BYTES:
+            return []
         chunks: list[tuple[bytes, float]] = []
-        backlog = len(self._buffer)
-        while len(self._buffer) >= IN_FRAME_BYTES:
+        start = 0
+        while backlog - start >= IN_FRAME_BYTES:
             # The last byte arrived about now; earlier frames started earlier.
-            started = received_at - backlog / (IN_RATE * 2)
-            chunks.append((bytes(self._buffer[:IN_FRAME_BYTES]), started))
-            del self._buffer[:IN_FRAME_BYTES]
-            backlog -= IN_FRAME_BYTES
+            started = received_at - (backlog - start) / (IN_RATE * 2)
+            chunks.append((bytes(buffer[start : start + IN_FRAME_BYTES]), started))
+            start += IN_FRAME_BYTES
+        del buffer[:start]
         return chunks
 
 
