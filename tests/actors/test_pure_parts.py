@@ -190,7 +190,8 @@ def test_the_quiet_gate_resumes_right_after_a_turn_ends():
     settings = TurnSettings(min_speech_ms=96, end_of_turn_silence_ms=600)
     detector = TurnDetector(settings, vad)
     events = feed(detector, [SILENCE] * 50 + [word_frame(1)] * 10 + [SILENCE] * 100)
-    assert [type(e) for e in events] == [SpeechBegan, SpeechEnded]
+    began, ended = events
+    assert isinstance(began, SpeechBegan) and isinstance(ended, SpeechEnded)
     heard = vad.windows
     feed(detector, [SILENCE] * 50, t0=20.0)
     # The turn's own 600 ms of trailing silence went through the VAD: no new warm-up needed.
