@@ -30,7 +30,11 @@ busy machine skews the numbers, so look at it first); `rss/call` (RSS at the end
 calls) / calls connected; `connect` from opening the signaling socket to ICE and DTLS connected;
 `echo corr` the median, over callers, of the median Pearson correlation between half-second
 voiced pieces of the last 10 s a caller got back and the best-aligned stretch of what it sent
-(both at 16 kHz); `frames back` the audio frames the callers received (0: nothing was said).
+(both at 16 kHz); `frames back` the audio frames the callers received (0: nothing was said);
+`udp queued KB/dropped` the most that waited unread in the server's UDP sockets and the most
+datagrams the kernel had dropped on them (sampled every 5 s in the window): a server that does
+not keep up with the packets builds a queue, its audio arrives late, then ICE consent checks
+time out and calls end `ice_failed`.
 The JSON's `rss_per_call_mb` is the silent workload's (more calls), `connect_*` over the calls to
 the real server (silent and echo).
 
@@ -83,6 +87,7 @@ SENTENCES = (
 )
 GAP_S = 0.7  # between sentences: longer than the default end-of-turn silence (500 ms)
 CONNECT_TIMEOUT_S = 30.0
+UDP_SAMPLE_S = 5.0
 BUSY_PERCENT = 20.0  # other processes' CPU (% of a core) that makes a row unreliable
 RECORD_FRAMES = 500  # the last 10 s a caller heard, for the echo's correlation
 WORKLOADS = {  # name -> (callers, agent or floor mode)
@@ -447,6 +452,8 @@ class Row:
     events: dict[str, int]
     ended_early: list[str]
     correlation: float | None
+    udp_queued_kb: float
+    udp_dropped: int
     up_before: int
     up_after: int
 
@@ -464,6 +471,24 @@ def busy_cpu_s() -> float:
     """CPU seconds the whole machine has spent busy (every process, every core)."""
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def udp_backlog(process: psutil.Process) -> tuple[int, int]:
+    """Bytes waiting in the receive queues of the process tree's UDP sockets, and the datagrams
+    the kernel dropped on them because those queues were full (Linux `/proc/net/udp`)."""
+    ports = set()
+    for p in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            ports |= {c.laddr.port for c in p.net_connections(kind="udp")}
+    queued = dropped = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in rows.readlines()[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                    queued += int(fields[4].split(":")[1], 16)
+                    dropped += int(fields[-1])
+    return queued, dropped
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -561,7 +586,12 @@ def measure(name: str, args: argparse.Namespace, work: Path, wav: Path) -> Row:
         caller_process = psutil.Process(callers.pid)
         cpu_before, callers_before = tree_cpu_s(server), tree_cpu_s(caller_process)
         machine_before, started = busy_cpu_s(), time.monotonic()
-        time.sleep(args.seconds)
+        udp_queued = udp_dropped = 0
+        while (left := started + args.seconds - time.monotonic()) > 0:
+            # Sampled through the window: a call that ends takes its socket's counts with it.
+            time.sleep(min(UDP_SAMPLE_S, left))
+            queued, dropped = udp_backlog(server)
+            udp_queued, udp_dropped = max(udp_queued, queued), max(udp_dropped, dropped)
         wall = time.monotonic() - started
         window_end = started + wall
         cpu, callers_cpu = (
@@ -599,6 +629,8 @@ def measure(name: str, args: argparse.Namespace, work: Path, wav: Path) -> Row:
         events=report["events"],
         ended_early=report["ended_early"],
         correlation=report["correlation"],
+        udp_queued_kb=udp_queued / 1024,
+        udp_dropped=udp_dropped,
         up_before=sum(1 for up, end in spans if up <= started < end),
         up_after=sum(1 for up, end in spans if up <= window_end <= end),
     )
@@ -612,7 +644,7 @@ def print_table(rows: list[Row]) -> None:
     print(
         f"{'workload':<14}{'calls':>6}{'up':>9}{'cpu s/call-min':>16}{'server %':>10}"
         f"{'callers %':>11}{'others %':>10}{'rss/call MB':>13}{'connect p50/p95 ms':>20}"
-        f"{'echo corr':>11}{'frames back':>13}"
+        f"{'echo corr':>11}{'frames back':>13}{'udp queued KB/dropped':>23}"
     )
     for row in rows:
         corr = "-" if row.correlation is None else f"{row.correlation:.3f}"
@@ -622,6 +654,7 @@ def print_table(rows: list[Row]) -> None:
             f"{row.name:<14}{row.calls:>6}{up:>9}{row.cpu_s_per_call_min:>16.2f}"
             f"{row.cpu_percent:>10.1f}{row.callers_percent:>11.1f}{row.others_percent:>10.1f}"
             f"{row.rss_per_call_mb:>13.2f}{connect:>20}{corr:>11}{row.frames_heard:>13}"
+            f"{f'{row.udp_queued_kb:.0f}/{row.udp_dropped}':>23}"
         )
     for row in rows:
         if row.ended_early or row.up_after < row.calls:
