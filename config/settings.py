@@ -31,6 +31,17 @@ class ServerSettings(Section):
         description="Public https URL of this server, used in TwiML and links; "
         "empty means http://HOST:PORT",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Worker processes, each a whole server on its own core; 0 = the CPUs this "
+        "process may use (os.sched_getaffinity); 1 = one process, no node",
+    )
+    worker_max_restarts: int = Field(
+        5, ge=0, description="Worker restarts allowed within worker_restart_window_s"
+    )
+    worker_restart_window_s: float = Field(60.0, gt=0)
 
 
 class LimitsSettings(Section):

@@ -27,6 +27,7 @@ SETTING_FLAGS = {
     "host": ("server.host", "--host"),
     "port": ("server.port", "--port"),
     "public_url": ("server.public_url", "--public-url"),
+    "workers": ("server.workers", "--workers"),
     "store": ("store.path", "--store"),
     "log_level": ("log.level", "--log-level"),
     "log_format": ("log.format", "--log-format"),
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (server.host)")
     serve.add_argument("--port", type=int, help="listen port, 0 = any free port (server.port)")
     serve.add_argument("--public-url", help="public https URL (server.public_url)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (server.workers; 0 = one per usable CPU, 1 = a single process)",
+    )
     serve.add_argument("--debug-socket", metavar="PATH", help="debug socket (debug.socket_path)")
 
     company = _group(commands, "company", "manage companies (tenants)")
