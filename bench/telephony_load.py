@@ -65,11 +65,12 @@ from actors.engines import (
     TranscriptReceived,
 )
 from config.settings import Settings
-from mediaserver.app import bind_socket, ensure_demo_tenant, http_server, start_actors
+from mediaserver.app import http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.engines.espeak import EspeakSpeaker
 from mediaserver.engines.silero import SileroVadFactory
 from mediaserver.lifecycle import Lifecycle
+from mediaserver.startup import bind_socket, ensure_demo_tenant
 from mediaserver.store import Store
 from mediaserver.telephony import g711
 from mediaserver.telephony.resample import Resampler

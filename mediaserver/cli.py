@@ -17,8 +17,9 @@ from typing import Any, NoReturn
 
 from config import SettingsError, load_settings
 from config.loading import LoadedSettings
+from config.settings import Settings
 from mediaserver import admin, inspect
-from mediaserver.errors import StartupError
+from mediaserver.errors import ServerFailed, StartupError
 from mediaserver.logs import configure_logging
 from mediaserver.store import StoreError
 
@@ -58,17 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser("serve", parents=[common], help="run the server")
-    serve.add_argument("--host", help="listen address (server.host)")
-    serve.add_argument("--port", type=int, help="listen port, 0 = any free port (server.port)")
-    serve.add_argument("--public-url", help="public https URL (server.public_url)")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes (server.workers; 0 = one per usable CPU, 1 = a single process)",
-    )
-    serve.add_argument("--debug-socket", metavar="PATH", help="debug socket (debug.socket_path)")
+    _add_serve(commands, common)
 
     company = _group(commands, "company", "manage companies (tenants)")
     create = company.add_parser("create", parents=[common], help="create a company and its key")
@@ -120,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser("serve", parents=[common], help="run the server")
+    serve.add_argument("--host", help="listen address (server.host)")
+    serve.add_argument("--port", type=int, help="listen port, 0 = any free port (server.port)")
+    serve.add_argument("--public-url", help="public https URL (server.public_url)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (server.workers; 0 = one per usable CPU, 1 = a single process)",
+    )
+    serve.add_argument("--debug-socket", metavar="PATH", help="debug socket (debug.socket_path)")
+
+
 def _group(commands: Any, name: str, help_text: str) -> Any:
     group = commands.add_parser(name, help=help_text)
     return group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -145,20 +150,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(loaded.settings.log)
     try:
         if args.command == "serve":
-            from mediaserver.app import run_server  # noqa: PLC0415 - keep admin commands light
-
-            return asyncio.run(run_server(loaded.settings))
+            return serve(loaded.settings)
         if args.command == "inspect":
             return inspect.run(args, loaded.settings)
         return run_admin(args, loaded)
     except StartupError as exc:
         fail(str(exc), code=2)
+    except ServerFailed as exc:
+        fail(str(exc), code=1)
     except UsageError as exc:
         fail(str(exc), code=2)
     except StoreError as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
         return 130
+
+
+def serve(settings: Settings) -> int:
+    """One process with `server.workers` 1; else the node and its workers."""
+    # Imported here: admin commands stay light, and the node never loads the media stack.
+    from mediaserver.node.node import run_node, worker_count  # noqa: PLC0415
+
+    workers = worker_count(settings)
+    if workers > 1:
+        return asyncio.run(run_node(settings, workers=workers))
+    from mediaserver.app import run_server  # noqa: PLC0415
+
+    return asyncio.run(run_server(settings))
 
 
 def run_admin(args: argparse.Namespace, loaded: LoadedSettings) -> int:

@@ -2,6 +2,7 @@
 
 EdgeError
 ├── StartupError        the server cannot start as configured (exit code 2)
+├── ServerFailed        the server stopped after a failure it could not recover from (exit 1)
 ├── ProtocolViolation   malformed wire data from a peer
 └── SignalingError      a signaling request that cannot be honoured
 """
@@ -13,6 +14,11 @@ class EdgeError(Exception):
 
 class StartupError(EdgeError):
     """The server cannot start as configured; the message says what to do."""
+
+
+class ServerFailed(EdgeError):
+    """The server stopped on its own after a failure it could not recover from; the message
+    says why in one line."""
 
 
 class EngineUnavailable(EdgeError):

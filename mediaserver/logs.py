@@ -74,6 +74,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class StampWorker(logging.Filter):
+    """Adds `worker` (the node's worker number) to every record of a worker process."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
 class HumanFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -83,14 +95,23 @@ class HumanFormatter(logging.Formatter):
         if record.exc_info:
             text = redact(text)  # a traceback may quote a secret; the message is already clean
         call_id = getattr(record, "call_id", None)
-        return f"{text} [call {call_id}]" if call_id else text
+        text = f"{text} [call {call_id}]" if call_id else text
+        worker = getattr(record, "worker", None)
+        return f"{text} [worker {worker}]" if worker is not None else text
 
 
-def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
-    """Install one stderr handler on the root logger, replacing any earlier one."""
+def configure_logging(
+    settings: LogSettings, *, stream: TextIO | None = None, worker: int | None = None
+) -> None:
+    """Install one stderr handler on the root logger, replacing any earlier one.
+
+    In a node's worker process, `worker` (its number) is added to every record.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else HumanFormatter())
     handler.addFilter(RedactSecrets())
+    if worker is not None:
+        handler.addFilter(StampWorker(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -59,6 +59,7 @@ class Server:
             MEDIASERVER_DEBUG__SOCKET_PATH=str(tmp_path / "debug.sock"),
             MEDIASERVER_WEBRTC__HOST_ADDRESSES='["127.0.0.1"]',
             MEDIASERVER_LIMITS__DRAIN_S="1",
+            MEDIASERVER_SERVER__WORKERS="1",
         )
         self.log_path = tmp_path / "server.log"
         self._log = self.log_path.open("w")

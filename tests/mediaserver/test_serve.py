@@ -1,92 +1,14 @@
 """`mediaserver serve` as a user runs it: first-run key, listening line, health, signals, exits."""
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
+from tests.mediaserver.serve_process import Server, environment
 from tests.timing import MS
-
-
-def environment(tmp_path, **extra):
-    environ = {
-        key: value for key, value in os.environ.items() if not key.startswith("MEDIASERVER_")
-    }
-    environ.update(
-        MEDIASERVER_STORE__PATH=str(tmp_path / "store.db"),
-        MEDIASERVER_SERVER__PORT="0",
-        MEDIASERVER_DEBUG__SOCKET_PATH=str(tmp_path / "debug.sock"),
-        MEDIASERVER_LIMITS__DRAIN_S="2",
-    )
-    environ.update(extra)
-    return environ
-
-
-class Server:
-    """A `mediaserver serve` subprocess and the lines it printed before listening."""
-
-    def __init__(self, tmp_path, *args, **env):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mediaserver", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment(tmp_path, **env),
-            cwd=tmp_path,
-        )
-        self.lines = []
-        self.stderr = ""
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        stdout = self.process.stdout
-        assert stdout is not None
-
-        def pump():
-            for line in stdout:
-                lines.put(line.rstrip("\n"))
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + 30_000 * MS
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-            if line.startswith("listening on "):
-                self.url = line.split()[-1]
-                return
-        self.stop(signal.SIGKILL)
-        raise AssertionError(f"no listening line: {self.lines} {self.stderr}")
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def stop(self, sig=signal.SIGTERM):
-        """Send `sig`, wait for the exit, return the exit code; keeps stderr in `self.stderr`."""
-        self.process.send_signal(sig)
-        try:
-            _, self.stderr = self.process.communicate(timeout=20_000 * MS)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.communicate()
-        return self.process.returncode
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 
 import websockets
 
-from tests.mediaserver.test_serve import Server, environment
+from tests.mediaserver.serve_process import Server, environment
 from tests.timing import MS
 
 

@@ -27,17 +27,11 @@ from config.settings import (
     SupervisionSettings,
     WebhookSettings,
 )
-from mediaserver.app import (
-    Operations,
-    bind_socket,
-    build_http_app,
-    build_operations,
-    http_server,
-    start_actors,
-)
+from mediaserver.app import Operations, build_http_app, build_operations, http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import MeteredEngines
+from mediaserver.startup import bind_socket
 from mediaserver.store import AgentSpec, Store
 from mediaserver.webrtc.ice import configure_ice
 from tests.actors.fakes import FakeLlm, FakeVad, Script

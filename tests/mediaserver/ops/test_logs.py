@@ -97,6 +97,7 @@ def environment(tmp_path):
         MEDIASERVER_DEBUG__SOCKET_PATH=str(tmp_path / "debug.sock"),
         MEDIASERVER_RECORDING__DIR=str(tmp_path / "recordings"),
         MEDIASERVER_LIMITS__DRAIN_S="1",
+        MEDIASERVER_SERVER__WORKERS="1",
     )
     return environ
 

@@ -2,7 +2,7 @@
 
 import signal
 
-from tests.mediaserver.test_serve import Server
+from tests.mediaserver.serve_process import Server
 from tests.mediaserver.webrtc.loopback import Signal, run
 from tests.timing import MS
 

@@ -30,9 +30,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from actors.engines import CallEngines, Sink, TranscriptReceived
 from config.settings import Settings
-from mediaserver.app import bind_socket, ensure_demo_tenant, http_server, start_actors
+from mediaserver.app import http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.lifecycle import Lifecycle
+from mediaserver.startup import bind_socket, ensure_demo_tenant
 from mediaserver.store import Store
 from mediaserver.telephony import g711
 from mediaserver.telephony.exotel_stream import exotel_routes

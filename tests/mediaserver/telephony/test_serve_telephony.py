@@ -7,8 +7,8 @@ from xml.etree import ElementTree
 
 import pytest
 
+from tests.mediaserver.serve_process import Server
 from tests.mediaserver.telephony.harness import FakeExotel, FakeTwilio
-from tests.mediaserver.test_serve import Server
 from tests.timing import MS
 
 pytestmark = pytest.mark.slow

@@ -35,10 +35,11 @@ from config.settings import (
     VadSettings,
     WebRTCSettings,
 )
-from mediaserver.app import bind_socket, build_http_app, http_server, start_actors
+from mediaserver.app import build_http_app, http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
 from mediaserver.lifecycle import Lifecycle
+from mediaserver.startup import bind_socket
 from mediaserver.store import AgentSpec, Store
 from mediaserver.webrtc.ice import configure_ice
 from tests.actors.fakes import FakeLlm, FakeVad, Script
