@@ -74,11 +74,13 @@ def build_http_app(
     settings: Settings | None = None,
     store: Store | None = None,
     metrics: Metrics | None = None,
+    worker: WorkerLink | None = None,
 ) -> FastAPI:
     """Health; with a call edge also `WS /signal`, WHIP and the demo page (`GET /`), and with the
     store the telephony endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`).
     Request lines are logged redacted. With settings and the store, the tenant API (`/api`,
-    described at `/openapi.json`); with metrics, `GET /metrics`."""
+    described at `/openapi.json`); with metrics, `GET /metrics` (the whole host's, in a node's
+    `worker`)."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestLog)
     capacity_left = edge.capacity_left if edge is not None else None
@@ -86,7 +88,8 @@ def build_http_app(
     if store is not None and settings is not None:
         app.include_router(api_routes(store, settings.limits))
     if metrics is not None:
-        app.include_router(metrics_routes(metrics))
+        whole_host = worker.whole_host_metrics if worker is not None else None
+        app.include_router(metrics_routes(metrics, whole_host=whole_host))
     if edge is not None:
         assert settings is not None
         webrtc, limits = settings.webrtc, settings.limits
@@ -164,7 +167,12 @@ async def run_server(
             await debug.start()
             ops.start()
             app = build_http_app(
-                lifecycle, edge=edge, settings=settings, store=store, metrics=ops.metrics
+                lifecycle,
+                edge=edge,
+                settings=settings,
+                store=store,
+                metrics=ops.metrics,
+                worker=worker,
             )
             server = http_server(app, settings)
             # Before the listening line: a signal from then on always takes the orderly path.
@@ -183,7 +191,7 @@ async def run_server(
                 await serving
         finally:
             if worker is not None:
-                worker.stop_serving()
+                await worker.stop_serving()
             await edge.close()
             await ops.close()
             await calls.close()

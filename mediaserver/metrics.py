@@ -19,10 +19,10 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -251,13 +251,25 @@ class CallTreeCollector(Collector):
         yield from (active, depth, deepest)
 
 
-def metrics_routes(metrics: Metrics) -> APIRouter:
-    """`GET /metrics` in the Prometheus text format (operator-facing, not in the API schema)."""
+WholeHost = Callable[[bytes, Mapping[str, str]], Awaitable[bytes]]
+
+
+def metrics_routes(metrics: Metrics, *, whole_host: WholeHost | None = None) -> APIRouter:
+    """`GET /metrics` in the Prometheus text format (operator-facing, not in the API schema).
+
+    Args:
+        whole_host: in a node's worker, turns this process's exposition (and the request's
+            headers) into the whole host's (`mediaserver.node.host_metrics`).
+    """
     router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)
-    def scrape() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def scrape(request: Request) -> Response:
+        # Rendering reads every live call's snapshot: off the loop.
+        body = await asyncio.to_thread(metrics.render)
+        if whole_host is not None:
+            body = await whole_host(body, request.headers)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
 

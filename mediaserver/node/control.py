@@ -134,7 +134,7 @@ class ControlChannel:
         """Send one message (and `fds`, which stay the caller's); returns at once.
 
         Raises:
-            ControlClosed: the channel is closed.
+            ControlClosed: the channel is closed, or the other side is gone.
             ControlError: the message cannot be encoded.
         """
         if self.closed:
@@ -199,14 +199,17 @@ class ControlChannel:
         except OSError as exc:
             logger.warning("= %s: send failed (%s): closing", self.name, exc.strerror or exc)
             self._loop.call_soon(self.close)
-            return True  # dropped with the channel; the caller learns through on_closed
+            raise ControlClosed(f"{self.name}: {exc.strerror or exc}") from None
         return True
 
     def _writable(self) -> None:
         while self._outgoing:
             data, fds = self._outgoing[0]
-            if not self._try_send(data, fds):
-                return
+            try:
+                if not self._try_send(data, fds):
+                    return
+            except ControlClosed:
+                return  # closing: `close` releases what is queued
             self._outgoing.popleft()
             for fd in fds:
                 os.close(fd)

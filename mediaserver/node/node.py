@@ -103,7 +103,8 @@ class Node:
         self._token = secrets.token_urlsafe(32)
         self._run_dir = tempfile.mkdtemp(prefix="mediaserver-node-")  # mode 0700
         self.workers = [WorkerProcess(index) for index in range(1, workers + 1)]
-        self._restarts: deque[float] = deque()
+        self._restarts: deque[float] = deque()  # within the intensity window
+        self._restart_count = 0  # since the node started
         self._listener: socket.socket | None = None
         self._accepting = False
         self._stopping: signal.Signals | None = None
@@ -257,6 +258,7 @@ class Node:
         if len(self._restarts) >= self._settings.server.worker_max_restarts:
             return True
         self._restarts.append(now)
+        self._restart_count += 1
         return False
 
     def _give_up(self, why: str) -> None:
@@ -316,6 +318,7 @@ class Node:
             "t": "host",
             "admitting": any(w.admitting for w in up),
             "workers_up": len(up),
+            "restarts": self._restart_count,
         }
         for worker in up:
             if worker.channel is not None:

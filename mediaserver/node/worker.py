@@ -37,6 +37,9 @@ from mediaserver.node.control import (
     Message,
     decode,
 )
+from mediaserver.node.host_metrics import merge_expositions
+from mediaserver.node.run_dir import private_debug_path, private_http_path
+from mediaserver.node.siblings import Siblings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -45,16 +48,6 @@ logger = logging.getLogger("mediaserver.node.worker")  # also when run as __main
 
 STATE_EVERY_S = 1.0
 START_TIMEOUT_S = 30.0
-
-
-def private_http_path(run_dir: str, index: int) -> str:
-    """Where worker `index` serves the node's and its siblings' requests."""
-    return str(Path(run_dir) / f"w{index}.sock")
-
-
-def private_debug_path(run_dir: str, index: int) -> str:
-    """Where worker `index` runs its own debug socket (the node's debug socket goes there)."""
-    return str(Path(run_dir) / f"w{index}.debug.sock")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +125,12 @@ class WorkerLink:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reporter: asyncio.Task[None] | None = None
         self._private_path = private_http_path(identity.run_dir, identity.index)
+        self.siblings = Siblings(
+            index=identity.index,
+            workers=identity.workers,
+            run_dir=identity.run_dir,
+            token=identity.token,
+        )
 
     @classmethod
     def receive_start(cls, sock: socket.socket, timeout_s: float = START_TIMEOUT_S) -> WorkerLink:
@@ -187,11 +186,12 @@ class WorkerLink:
         self._reporter = asyncio.get_running_loop().create_task(self._report(), name="report")
         logger.info("= worker %d ready", self.identity.index)
 
-    def stop_serving(self) -> None:
+    async def stop_serving(self) -> None:
         """The server has stopped: hand-offs from now on are closed at once."""
         self._server = None
         if self._reporter is not None:
             self._reporter.cancel()
+        await self.siblings.aclose()
 
     def report_now(self) -> None:
         """Send the state now (admission opened or closed), not at the next tick."""
@@ -200,6 +200,14 @@ class WorkerLink:
                 self._channel.send({"t": "state", **self._status()})
             except ControlError as exc:
                 logger.warning("= state not sent to the node: %s", exc)
+
+    async def whole_host_metrics(self, local: bytes, headers: Mapping[str, str]) -> bytes:
+        """`/metrics`: this worker's own for a sibling, else every worker's merged."""
+        if self.siblings.is_internal(headers):
+            return local
+        expositions = await self.siblings.metrics()
+        expositions[self.identity.index] = local.decode()
+        return merge_expositions(expositions, node=self.host)
 
     # -- the channel ---------------------------------------------------------------------------
 

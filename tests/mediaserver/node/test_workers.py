@@ -4,9 +4,11 @@ import contextlib
 import os
 import signal
 import time
+import urllib.request
 
 import psutil  # type: ignore[import-untyped]  # types-psutil is not installed
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mediaserver.serve_process import Server
 from tests.timing import MS
@@ -128,3 +130,36 @@ def test_workers_dying_faster_than_the_intensity_allows_stop_the_node(tmp_path):
     assert "killed by SIGKILL" in why[0]
     assert "more than 1 worker restarts within 60 s" in why[0]
     assert not [pid for pid in others if psutil.pid_exists(pid)]  # stopped, not left behind
+
+
+def scrape(node):
+    try:
+        with urllib.request.urlopen(node.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except ConnectionError:  # handed to a worker that was dying: a client retries
+        return {}
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_metrics_from_any_connection_show_the_whole_host(node):
+    for _ in range(4):  # whichever worker answers, the host is the same
+        metrics = scrape(node)
+        assert metrics[("mediaserver_workers_up", ())] == 2
+        started = {labels for name, labels in metrics if name.endswith("_start_time_seconds")}
+        assert started == {(("worker", "1"),), (("worker", "2"),)}
+        assert ("mediaserver_calls_active", ()) in metrics  # summed: no worker label
+    victim = min(workers_of(node))
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted():
+        metrics = scrape(node)
+        return (
+            metrics.get(("mediaserver_worker_restarts_total", ())) == 1
+            and metrics.get(("mediaserver_workers_up", ())) == 2
+        )
+
+    wait_for(restarted, 15_000 * MS, "the restart in the metrics")
