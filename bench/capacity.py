@@ -53,13 +53,15 @@ Columns:
   first); CPU times are sampled every 0.25 s and interpolated at the window's edges;
 - `quality`: `webrtc_echo` the median echo correlation, `twilio` the late frames in %.
 
-Run: `.venv/bin/python bench/capacity.py` (all three workloads with 1 and 2 workers: six ramps of
-up to 50 s, each followed by its calls' 60 s and about 15 s of start-up and teardown, so 10 to 13
-minutes; first the Piper speech loop). `--quick` for a smoke run (10 s calls, at most 12 callers:
-about 2 minutes). Run it alone on the machine. The last stdout line is JSON: per row `admitted`,
-`refused`, `lost`, `connect_p95_ms`, `server_cpu_pct`, `callers_cpu_pct`,
-`server_cpu_s_per_call_min`, `window_s`; `scaling` is admitted with 2 workers / with 1, and
-`cpu_per_call_ratio` the CPU per call-minute with 2 workers / with 1.
+Run: `.venv/bin/python bench/capacity.py`: six ramps (three workloads, 1 and 2 workers). Each
+takes 60 s after the last call admitted (the ramp: 0.25 s a caller, at most 200, so up to 50 s),
+10 to 20 s of start-up and teardown, and for `webrtc_echo` the correlations (about 0.7 CPU-s per
+call, spread over the caller processes): 8 to 15 minutes in all, after making the Piper speech
+loop. `--quick` for a smoke run (10 s calls, at most 12 callers: about 2 minutes). Run it alone
+on the machine (`others %`). The last stdout line is JSON: per row `admitted`, `refused`, `lost`,
+`connect_p95_ms`, `server_cpu_pct`, `callers_cpu_pct`, `server_cpu_s_per_call_min`, `window_s`;
+`scaling` is admitted with 2 workers / with 1, `cpu_per_call_ratio` the CPU per call-minute with
+2 workers / with 1.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM (drain), then SIGKILL for whatever of its tree is left."""
+        members: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             members = self.tree.children(recursive=True)
         self.process.terminate()
@@ -201,16 +204,16 @@ class CallerHosts:
 
     def _start(self) -> None:
         index = len(self.processes)
-        log = (self.folder / f"callers-{index}.log").open("w")
-        process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # a terminal's Ctrl-C is ours to handle
-        )
+        with (self.folder / f"callers-{index}.log").open("w") as log:
+            process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # a terminal's Ctrl-C is ours to handle
+            )
         self.processes.append(process)
         self.ps.append(psutil.Process(process.pid))
         threading.Thread(target=self._read, args=(index, process), daemon=True).start()
@@ -232,7 +235,10 @@ class CallerHosts:
             self._start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            index, event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                index, event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"no caller process ready in {READY_TIMEOUT_S:.0f} s") from None
             if event["event"] == "exited":
                 raise RuntimeError(f"caller process {index} exited: {self.log_tail(index)}")
             if index == 0 and event["event"] == "ready":
@@ -255,7 +261,9 @@ class CallerHosts:
             raise RuntimeError(f"caller process {index} is gone: {self.log_tail(index)}") from None
 
     def cpu_s(self) -> list[float]:
-        return [tree_cpu_s(p) for p in self.ps]
+        """Each process's CPU seconds (they start no children: no walk over the process table)."""
+        times = [p.cpu_times() for p in self.ps]
+        return [t.user + t.system for t in times]
 
     def request_reports(self) -> None:
         for index in range(len(self.processes)):
