@@ -186,7 +186,9 @@ def main() -> None:
             for child in children:
                 child.terminate()
                 child.wait(timeout=10)
-    print(f"{'server':<9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'node cpu us/conn':>17}  split")
+    print(
+        f"{'server':<9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'node cpu us/conn':>17}  split"
+    )
     for r in rows:
         node_cpu = "" if r.get("node_cpu_us_per_conn") is None else r["node_cpu_us_per_conn"]
         print(

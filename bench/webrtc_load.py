@@ -213,6 +213,8 @@ class Caller:
         self.pc.addTransceiver(PacketLoop(packets, start), direction="sendrecv")
         self.pc.on("track", self._on_track)
         self.ws: Any = None
+        self.call_id: str | None = None  # from the `session` event: the call was admitted
+        self.admitted = asyncio.Event()
         self.connect_ms: float | None = None
         self.frames = 0
         self.heard: deque[np.ndarray] = deque(maxlen=RECORD_FRAMES)
@@ -228,6 +230,8 @@ class Caller:
         self.ws = await websockets.connect(self.url, max_size=None)
         session = json.loads(await self.ws.recv())
         assert session["type"] == "session", session
+        self.call_id = session.get("call_id")
+        self.admitted.set()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.ws.send(json.dumps({"type": "offer", "sdp": self.pc.localDescription.sdp}))
         while (message := json.loads(await self.ws.recv()))["type"] != "answer":

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts, each run as `.venv/bin/python bench/NAME.py`; some share pieces."""
