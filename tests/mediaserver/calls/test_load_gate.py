@@ -121,7 +121,7 @@ def test_the_operator_forces_it_closed_or_open_and_auto_follows_the_load_again(g
     gate.set_mode("on")
     assert len(seen) == 5
     with pytest.raises(ValueError, match="mode"):
-        gate.set_mode("sometimes")  # type: ignore[arg-type]
+        gate.set_mode("sometimes")
 
 
 def test_a_failing_subscriber_is_logged_and_the_others_still_hear(gate, clock, caplog):

@@ -124,9 +124,7 @@ def live_server(
     try:
         with make_harness(supervision) as harness:
             gate = LoadGate(LimitsSettings())
-            server = debug_server(
-                settings, harness.registry, harness.dispatcher, store, gate=gate
-            )
+            server = debug_server(settings, harness.registry, harness.dispatcher, store, gate=gate)
             loop.run(server.start())
             try:
                 yield Live(harness, server, loop, path, store, gate)

@@ -37,6 +37,7 @@ from config.settings import (
 )
 from mediaserver.app import bind_socket, build_http_app, http_server, start_actors
 from mediaserver.calls import CallEdge
+from mediaserver.calls.load_gate import LoadGate
 from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.store import AgentSpec, Store
@@ -85,6 +86,7 @@ class Server:
     engines: FakeEngineSource
     registry: CallRegistry
     drain: Callable[[float], Any]
+    gate: LoadGate
     ws_url: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,7 @@ async def running_server(
     lifecycle = Lifecycle()
     calls = start_actors(settings)
     engines = FakeEngineSource()
+    gate = LoadGate(settings.limits)  # no probes: open until a test forces it
     edge = CallEdge(
         store=store,
         switchboard=calls.switchboard,
@@ -129,6 +132,7 @@ async def running_server(
         lifecycle=lifecycle,
         limits=settings.limits,
         engines=engines,
+        gate=gate,
         outbound_audio_ms=settings.webrtc.outbound_queue_ms,
     )
     server = http_server(build_http_app(lifecycle, edge=edge, settings=settings), settings)
@@ -158,6 +162,7 @@ async def running_server(
             engines=engines,
             registry=calls.registry,
             drain=drain,
+            gate=gate,
         )
     finally:
         await drain(0.0)
