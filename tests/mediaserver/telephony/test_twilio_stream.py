@@ -425,7 +425,7 @@ def test_the_caller_hanging_up_without_stop_ends_the_call(server, api):
     assert_hung_up(api, caller)  # the stream dropped, the phone call may not have
 
 
-# -- no room: the webhook rejects as busy, a stream that comes anyway is closed 1013 ----------------
+# -- no room: the webhook rejects as busy, a stream that comes anyway is closed 1013 --------------
 
 
 def busy(twiml):
