@@ -46,7 +46,7 @@ def debug(tmp_path, cmd: str, **args):
         return client.request(cmd, **args)
 
 
-def inspect(tmp_path, *args: str) -> dict:
+def inspect(tmp_path, *args: str):
     """`mediaserver inspect ARGS --json` as an operator runs it, against the server's socket."""
     result = subprocess.run(
         [sys.executable, "-m", "mediaserver", "inspect", *args, "--json"],
