@@ -5,8 +5,10 @@
                                                                   +--subscribe(on_change)
 
 Each measurement is kept for `window_s` (2 s); its p99 (nearest rank) is taken after every new
-sample. The gate closes as soon as the loop lag's p99 passes `limits.max_loop_lag_ms` or the
-dispatcher lag's passes `limits.max_dispatch_lag_ms` (0 turns that measurement off). It opens
+sample, except that the window's single worst sample never decides alone (with fewer than 100
+samples, nearest-rank p99 would be the maximum: one stall is an event, not a load). The gate
+closes as soon as the loop lag's p99 passes `limits.max_loop_lag_ms` or the dispatcher lag's
+passes `limits.max_dispatch_lag_ms` (0 turns that measurement off). It opens
 again once both p99s have stayed at or under half their thresholds for `reopen_after_s` (1 s):
 the hysteresis keeps a server hovering at its threshold from admitting in bursts. Decision 0090
 says why these measurements and how the defaults were chosen.
@@ -78,7 +80,10 @@ class _Window:
         if not samples:
             return 0.0
         ordered = sorted(value for _, value in samples)
-        return ordered[math.ceil(0.99 * len(ordered)) - 1]
+        rank = math.ceil(0.99 * len(ordered))
+        if len(ordered) > 1:
+            rank = min(rank, len(ordered) - 1)  # never the worst sample alone
+        return ordered[rank - 1]
 
 
 class LoadGate:

@@ -64,6 +64,14 @@ def test_a_single_slow_wake_up_among_a_hundred_does_not_close_it(gate, clock):
     assert gate.is_open
 
 
+def test_in_a_short_window_the_worst_sample_never_decides_alone(gate, clock):
+    feed(gate, clock, 0.2, loop_ms=2)  # just started: 10 samples, p99 would be the maximum
+    gate.observe_loop_lag(0.3)
+    assert gate.is_open
+    gate.observe_loop_lag(0.3)
+    assert not gate.is_open
+
+
 def test_the_dispatcher_lag_closes_it_too(gate, clock):
     feed(gate, clock, 1.0, dispatch_ms=150)
     assert not gate.is_open and gate.state().why == "dispatch_lag"
