@@ -35,7 +35,7 @@ Scalar = str | int | float | bool | None
 EndReason = Literal[
     "bye", "hangup", "ice_failed", "max_duration", "idle", "escalated", "shutdown", "replaced"
 ]
-RefusalReason = Literal["capacity", "company_capacity", "shutting_down", "duplicate"]
+RefusalReason = Literal["shutting_down", "duplicate"]
 
 
 # --- inbound -------------------------------------------------------------------------------

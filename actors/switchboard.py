@@ -3,10 +3,11 @@
 The edge tells it `AdmitCall(...)` and never asks: the answer goes to the call's own outbox,
 `CallAdmitted(call_id, handle)` or `CallRefused(call_id, reason)` with reason
 
-    "capacity"          limits.max_calls reached           -> close 1013 "Server at capacity"
-    "company_capacity"  limits.company_max_calls reached   -> close 1013 "Company at capacity"
     "shutting_down"     after Shutdown                      -> close 1001
     "duplicate"         a live call already has this id
+
+It does not count calls against limits: the edge's admission ledger (`mediaserver.admission.ledger`)
+is the one place that does, and it has taken the call's slot before `AdmitCall` is sent.
 
 `Shutdown(drain_s)` refuses new calls, lets live ones run until the deadline, then hangs them
 up with reason "shutdown". `registry.drained` is set when no call is left; the edge waits for it
@@ -36,7 +37,7 @@ from actors.tree_messages import CallFinished
 
 if TYPE_CHECKING:
     from actors.runtime import Dispatcher
-    from config.settings import LimitsSettings, SupervisionSettings, VadSettings
+    from config.settings import SupervisionSettings, VadSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class Switchboard(PooledActor):
         self,
         dispatcher: Dispatcher,
         *,
-        limits: LimitsSettings,
         supervision: SupervisionSettings,
         vad: VadSettings,
         registry: CallRegistry,
@@ -59,7 +59,6 @@ class Switchboard(PooledActor):
         timer: Timer | None = None,
     ) -> None:
         super().__init__(dispatcher)
-        self._limits = limits
         self._supervision = supervision
         self._vad = vad
         self.registry = registry
@@ -130,10 +129,6 @@ class Switchboard(PooledActor):
             return "shutting_down"
         if self.registry.handle(admit.call_id) is not None:
             return "duplicate"
-        if self.registry.count() >= self._limits.max_calls:
-            return "capacity"
-        if self.registry.count(admit.company_id) >= self._limits.company_max_calls:
-            return "company_capacity"
         return None
 
     def _shutdown(self, drain_s: float) -> None:

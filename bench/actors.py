@@ -59,7 +59,7 @@ from actors.messages import AdmitCall, AudioReceived, CallAdmitted, CallRefused,
 from actors.runtime import Dispatcher, PooledActor
 from actors.switchboard import Switchboard
 from actors.timer import Timer
-from config.settings import LimitsSettings, SupervisionSettings, VadSettings
+from config.settings import SupervisionSettings, VadSettings
 
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16 mono
 FRAME_S = 0.020
@@ -305,7 +305,6 @@ class RealTreeRuntime(Runtime):
         self.agent = AgentConfig(id="bench-agent", name="Bench")
         self.switchboard = Switchboard.start(
             self.dispatcher,
-            limits=LimitsSettings(max_calls=100_000, company_max_calls=100_000),
             supervision=SupervisionSettings(),
             vad=VadSettings(),
             registry=CallRegistry(),

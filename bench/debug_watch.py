@@ -63,7 +63,7 @@ from actors.messages import (
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from actors.timer import Timer
-from config.settings import DebugSettings, LimitsSettings, SupervisionSettings, VadSettings
+from config.settings import DebugSettings, SupervisionSettings, VadSettings
 from mediaserver.debug import DebugEvents, DebugServer, debug_server
 from tests.actors.fakes import FRAME_SAMPLES, SILENCE, Script, fake_engines
 
@@ -239,7 +239,6 @@ def main() -> None:
     registry = CallRegistry()
     switchboard = Switchboard.start(
         dispatcher,
-        limits=LimitsSettings(max_calls=100_000, company_max_calls=100_000),
         supervision=SupervisionSettings(),
         vad=VadSettings(),
         registry=registry,

@@ -63,7 +63,7 @@ from actors.messages import (
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from actors.turn_detector import GATE_PEAK, TurnDetector, TurnSettings
-from config.settings import LimitsSettings, SupervisionSettings, VadSettings
+from config.settings import SupervisionSettings, VadSettings
 from mediaserver.engines.espeak import EspeakSpeaker
 from mediaserver.engines.silero import WINDOW_SAMPLES, SileroVadFactory, silero_vad
 from mediaserver.telephony import g711
@@ -252,7 +252,6 @@ class Pipeline:
         self.dispatcher = Dispatcher(threads=2, name="calls")
         self.switchboard = Switchboard.start(
             self.dispatcher,
-            limits=LimitsSettings(max_calls=100_000, company_max_calls=100_000),
             supervision=SupervisionSettings(),
             vad=VadSettings(),
             registry=CallRegistry(),

@@ -79,7 +79,6 @@ from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import (
     DeepgramSettings,
-    LimitsSettings,
     OfflineSettings,
     OpenAISettings,
     SupervisionSettings,
@@ -658,7 +657,6 @@ def main() -> None:
     registry = CallRegistry()
     board = Switchboard.start(
         dispatcher,
-        limits=LimitsSettings(),
         supervision=supervision,
         vad=vad_settings,
         registry=registry,

@@ -45,7 +45,9 @@ class ServerSettings(Section):
 
 
 class LimitsSettings(Section):
-    max_calls: int = Field(1000, ge=0, description="Concurrent calls, whole server")
+    max_calls: int = Field(
+        1000, ge=0, description="Ceiling on concurrent calls, whole server (load may refuse sooner)"
+    )
     company_max_calls: int = Field(100, ge=0, description="Concurrent calls per company")
     requests_per_min: int = Field(60, ge=1, description="Tenant HTTP API requests per API key")
     call_attempts_per_min: int = Field(0, ge=0, description="New calls per company; 0 = off")
@@ -54,6 +56,18 @@ class LimitsSettings(Section):
     drain_s: float = Field(30.0, ge=0, description="SIGTERM: how long live calls may finish")
     max_call_duration_s: float = Field(3600.0, gt=0)
     idle_timeout_s: float = Field(120.0, gt=0, description="End a call after this long silent")
+    max_loop_lag_ms: float = Field(
+        50.0,
+        ge=0,
+        description="New calls are refused while the event loop's lag p99 (2 s) is over this; "
+        "0 = off",
+    )
+    max_dispatch_lag_ms: float = Field(
+        100.0,
+        ge=0,
+        description="New calls are refused while the actors' dispatch lag p99 (2 s) is over "
+        "this; 0 = off",
+    )
 
 
 class StoreSettings(Section):

@@ -2,8 +2,9 @@
 
     settings -> engine check -> store (migrations, demo tenant) -> ICE policy, engine catalog
              -> actors: Dispatcher (shared threads) -> CallRegistry -> Switchboard
+             -> admission: LocalLedger (call slots, per-minute windows), LoadGate (measured load)
              -> Metrics, webhooks (events + delivery worker), CallObservers (metrics, recordings,
-                webhooks of each call)
+                webhooks of each call), the loop and dispatcher lag probes feeding the gate
              -> CallEdge (calls for every transport)
              -> HTTP app (health, /signal, /whip, /twilio, /exotel, /api, /metrics, request log)
                 -> uvicorn
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +34,10 @@ from actors.messages import Shutdown
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from config.settings import Settings
+from mediaserver.admission.ledger import LocalLedger
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.calls import CallEdge
+from mediaserver.calls.dispatch_lag import DispatchLagProbe
 from mediaserver.calls.observers import CallObservers
 from mediaserver.debug import debug_server
 from mediaserver.engines.catalog import EngineCatalog
@@ -40,7 +45,7 @@ from mediaserver.errors import StartupError
 from mediaserver.http.access_log import RequestLog
 from mediaserver.http.api import api_routes
 from mediaserver.http.demo import demo_routes, static_files
-from mediaserver.http.health import health_routes
+from mediaserver.http.health import ReadinessCheck, health_routes, lifecycle_readiness
 from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
@@ -58,6 +63,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+LOOP_LAG_INTERVAL_S = 0.02  # 100 samples in the load gate's 2 s window (decision 0090)
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: `run_server` owns SIGTERM and SIGINT."""
@@ -74,19 +81,23 @@ def build_http_app(
     settings: Settings | None = None,
     store: Store | None = None,
     metrics: Metrics | None = None,
+    readiness: ReadinessCheck | None = None,
     worker: WorkerLink | None = None,
 ) -> FastAPI:
     """Health; with a call edge also `WS /signal`, WHIP and the demo page (`GET /`), and with the
     store the telephony endpoints (`/twilio/voice`, `WS /twilio/stream`, `WS /exotel/stream`).
     Request lines are logged redacted. With settings and the store, the tenant API (`/api`,
     described at `/openapi.json`); with metrics, `GET /metrics` (the whole host's, in a node's
-    `worker`)."""
+    `worker`). `/readyz` asks `readiness`, by default the call edge's (or the lifecycle's,
+    without one)."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(RequestLog)
-    capacity_left = edge.capacity_left if edge is not None else None
-    app.include_router(health_routes(lifecycle, capacity_left=capacity_left))
+    if readiness is None:
+        readiness = edge.readiness if edge is not None else lifecycle_readiness(lifecycle)
+    app.include_router(health_routes(readiness))
     if store is not None and settings is not None:
-        app.include_router(api_routes(store, settings.limits))
+        ledger = edge.ledger if edge is not None else LocalLedger(settings.limits)
+        app.include_router(api_routes(store, settings.limits, ledger))
     if metrics is not None:
         whole_host = worker.whole_host_metrics if worker is not None else None
         app.include_router(metrics_routes(metrics, whole_host=whole_host))
@@ -146,8 +157,10 @@ async def run_server(
         catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
         await asyncio.to_thread(catalog.warm_up)
         calls = start_actors(settings)
-        debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store)
-        ops = build_operations(settings, store, calls.registry)
+        gate = LoadGate(settings.limits)
+        ledger = LocalLedger(settings.limits) if worker is None else worker.ledger
+        debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store, gate=gate)
+        ops = build_operations(settings, store, calls, gate)
         edge = CallEdge(
             store=store,
             switchboard=calls.switchboard,
@@ -155,6 +168,9 @@ async def run_server(
             lifecycle=lifecycle,
             limits=settings.limits,
             engines=MeteredEngines(catalog, ops.metrics),
+            ledger=ledger,
+            gate=gate,
+            host=worker,
             outbound_audio_ms=settings.webrtc.outbound_queue_ms,
             tap_outbox=debug.events.tap,
             observers=ops.observers,
@@ -177,17 +193,12 @@ async def run_server(
             server = http_server(app, settings)
             # Before the listening line: a signal from then on always takes the orderly path.
             with _signals_handled(server, lifecycle, calls, settings.limits.drain_s):
-                serving = asyncio.create_task(server.serve(sockets=[sock]))
-                while not server.started:
-                    if serving.done():
-                        serving.result()
-                        raise StartupError("the HTTP server stopped while starting")
-                    await asyncio.sleep(0.01)
+                serving = await _started(server, sock)
                 lifecycle.mark_ready()
                 if worker is None:
                     announce(out, key, sock, settings)
                 else:
-                    worker.serve(server)
+                    worker.serve(server, registry=calls.registry, gate=gate)
                 await serving
         finally:
             if worker is not None:
@@ -203,13 +214,27 @@ async def run_server(
         await store.close()
 
 
+async def _started(server: uvicorn.Server, sock: socket.socket) -> asyncio.Task[None]:
+    """Start serving `sock`; once uvicorn accepts connections, the task that serves it.
+
+    Raises:
+        StartupError: the server stopped while starting.
+    """
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise StartupError("the HTTP server stopped while starting")
+        await asyncio.sleep(0.01)
+    return serving
+
+
 def start_actors(settings: Settings) -> Calls:
     """The shared dispatcher threads, the registry of live calls, and the Switchboard."""
     dispatcher = Dispatcher(threads=settings.supervision.dispatcher_threads, name="calls")
     registry = CallRegistry()
     switchboard = Switchboard.start(
         dispatcher,
-        limits=settings.limits,
         supervision=settings.supervision,
         vad=settings.vad,
         registry=registry,
@@ -218,19 +243,22 @@ def start_actors(settings: Settings) -> Calls:
 
 
 class Operations:
-    """Metrics, the event-loop lag probe, webhooks, and the call observers made of them."""
+    """Metrics, the lag probes, webhooks, and the call observers made of them."""
 
     def __init__(self, *, metrics: Metrics, events: WebhookEvents, webhooks: WebhookWorker,
-                 observers: CallObservers, loop_lag: LoopLagProbe) -> None:  # fmt: skip
+                 observers: CallObservers, loop_lag: LoopLagProbe,
+                 dispatch_lag: DispatchLagProbe) -> None:  # fmt: skip
         self.metrics = metrics
         self.events = events
         self.webhooks = webhooks
         self.observers = observers
         self.loop_lag = loop_lag
+        self.dispatch_lag = dispatch_lag
 
     def start(self) -> None:
-        """Start the loop-lag probe and webhook delivery on the running loop."""
+        """Start the lag probes and webhook delivery on the running loop."""
         self.loop_lag.start()
+        self.dispatch_lag.start()
         self.webhooks.start()
 
     async def close(self) -> None:
@@ -239,12 +267,14 @@ class Operations:
         await self.events.close()
         await self.webhooks.close()
         await self.loop_lag.close()
+        await self.dispatch_lag.close()
 
 
-def build_operations(settings: Settings, store: Store, registry: CallRegistry) -> Operations:
-    """Metrics watching `registry`, webhooks from `store`, recordings under `recording.dir`."""
+def build_operations(settings: Settings, store: Store, calls: Calls, gate: LoadGate) -> Operations:
+    """Metrics watching the calls' registry, webhooks from `store`, recordings under
+    `recording.dir`, and the loop's and the dispatcher's lag measured for `gate`."""
     metrics = Metrics()
-    metrics.watch(registry)
+    metrics.watch(calls.registry)
     webhooks = WebhookWorker(store, settings.webhooks, metrics=metrics)
     events = WebhookEvents(store, on_queued=webhooks.wake)
     observers = CallObservers(
@@ -255,7 +285,8 @@ def build_operations(settings: Settings, store: Store, registry: CallRegistry) -
         events=events,
         webhooks=webhooks,
         observers=observers,
-        loop_lag=LoopLagProbe(metrics),
+        loop_lag=LoopLagProbe(metrics, LOOP_LAG_INTERVAL_S, on_lag=gate.observe_loop_lag),
+        dispatch_lag=DispatchLagProbe(calls.dispatcher, gate.observe_dispatch_lag),
     )
 
 

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from mediaserver.admin import fields_view, table
-from mediaserver.debug.protocol import CRASH_KINDS, END_REASONS, LOG_LEVELS, MAX_LINE_BYTES
+from mediaserver.debug.protocol import (
+    ADMISSION_MODES,
+    CRASH_KINDS,
+    END_REASONS,
+    LOG_LEVELS,
+    MAX_LINE_BYTES,
+)
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -200,6 +206,14 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     loglevel.add_argument("logger", help="logger name, or root")
     loglevel.add_argument("level", type=str.upper, choices=LOG_LEVELS)
     actions.add_parser("reload", parents=parents, help="re-read agents from the store")
+    admission = actions.add_parser(
+        "admission", parents=parents, help="the load gate; off/on force it, auto follows load"
+    )
+    admission.add_argument("mode", nargs="?", choices=ADMISSION_MODES)
+    hog = actions.add_parser("hog", parents=parents, help="block the event loop (if enabled)")
+    hog.add_argument("--loop-ms", type=float, required=True, help="each block, in ms")
+    hog.add_argument("--every-ms", type=float, help="one block starts this often (2 x loop-ms)")
+    hog.add_argument("--for-s", type=float, default=5.0, help="for this long")
 
 
 def run(
@@ -260,6 +274,14 @@ def _request(client: DebugClient, args: argparse.Namespace) -> tuple[Any, Render
             return client.request("loglevel", logger=args.logger, level=args.level), render_nested
         case "reload":
             return client.request("reload"), render_nested
+        case "admission":
+            extra = {"mode": args.mode} if args.mode else {}
+            return client.request("admission", **extra), render_nested
+        case "hog":
+            hog: dict[str, Any] = {"loop_ms": args.loop_ms, "for_s": args.for_s}
+            if args.every_ms is not None:
+                hog["every_ms"] = args.every_ms
+            return client.request("hog", **hog), render_nested
     raise InspectError(f"unknown action {args.action}")
 
 

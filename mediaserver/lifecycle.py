@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from typing import Literal
+
+Readiness = Literal["starting", "ready", "full", "draining", "stopped", "admission_failed"]
+"""What `/readyz` answers: 200 for "ready", 503 for the rest (docs/http-api.md)."""
 
 
 class Phase(enum.Enum):
@@ -29,6 +33,18 @@ class Lifecycle:
     @property
     def accepting_calls(self) -> bool:
         return self.phase is Phase.READY
+
+    def readiness(self) -> Readiness:
+        """The phase as a readiness answer ("ready" says nothing yet of room for calls)."""
+        match self.phase:
+            case Phase.STARTING:
+                return "starting"
+            case Phase.READY:
+                return "ready"
+            case Phase.DRAINING:
+                return "draining"
+            case Phase.STOPPED:
+                return "stopped"
 
     def mark_ready(self) -> None:
         if self.phase is Phase.STARTING:

@@ -277,12 +277,21 @@ def metrics_routes(metrics: Metrics, *, whole_host: WholeHost | None = None) -> 
 class LoopLagProbe:
     """A task that sleeps `interval_s` at a time and reports how late each wake-up is.
 
-    Anything that holds the loop (a slow callback, a blocking call) shows up as lag.
+    Anything that holds the loop (a slow callback, a blocking call) shows up as lag. Each sample
+    goes to the `event_loop_lag` histogram (when `metrics` is given) and to `on_lag` (the load
+    gate), on the loop.
     """
 
-    def __init__(self, metrics: Metrics, interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        interval_s: float = 0.25,
+        *,
+        on_lag: Callable[[float], None] | None = None,
+    ) -> None:
         self._metrics = metrics
         self._interval_s = interval_s
+        self._on_lag = on_lag
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -301,7 +310,11 @@ class LoopLagProbe:
         while True:
             before = time.monotonic()
             await asyncio.sleep(self._interval_s)
-            self._metrics.loop_lag(max(0.0, time.monotonic() - before - self._interval_s))
+            lag_s = max(0.0, time.monotonic() - before - self._interval_s)
+            if self._metrics is not None:
+                self._metrics.loop_lag(lag_s)
+            if self._on_lag is not None:
+                self._on_lag(lag_s)
 
 
 # -- provider errors: the engines as the call tree sees them, with their failures counted ---------

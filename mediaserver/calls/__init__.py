@@ -8,6 +8,10 @@
     Transport (a Protocol)      what a transport implements: send_event, send_audio,
                                 flush_audio, close(reason)
     CallOutbox, CallRecorder    the call's Outbox on the loop; its store writer
+    AdmissionLedger, LocalLedger (ledger.py)   call slots and per-minute windows: the one place
+                                that counts calls (a remote ledger fits the same protocol)
+    LoadGate (load_gate.py)     refuses new calls while the loop or the dispatcher lags;
+                                DispatchLagProbe (dispatch_lag.py) measures the dispatcher
 
 A transport's life with a call:
 

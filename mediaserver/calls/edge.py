@@ -2,12 +2,20 @@
 
     key -> authenticate -> Company
     open_call(company, agent?, peer, transport) -> LiveCall
-        refusals first (draining, call attempts per minute, unknown agent),
-        AgentConfig from the store row, the agent's engines, AdmitCall to the Switchboard,
-        its answer on the call's own outbox, then the conversation and call rows.
+        refusals first (draining, the load gate, call attempts per minute, unknown agent),
+        AgentConfig from the store row, the agent's engines, a slot from the ledger, AdmitCall
+        to the Switchboard, its answer on the call's own outbox, then the conversation and call
+        rows. The slot is given back exactly once: on any failure after it was taken, or when
+        the call has finished.
+    ensure_room(company) -> None       would a call get in now (the Twilio voice webhook asks)
+    readiness() -> Readiness           what `/readyz` says of this server
 
+The `AdmissionLedger` is the one place that counts calls (`limits.max_calls`,
+`limits.company_max_calls`, call attempts per minute); the `LoadGate` refuses by measured load.
 Refusals raise `CallRefusal` with one of `REFUSALS`; each transport maps them to its own wire
-(signaling close codes, WHIP HTTP statuses). Runs on the event loop; it never waits on an actor.
+(signaling close codes, WHIP HTTP statuses, TwiML). Those decided here are also counted in the
+`CallRegistry` (`inspect stats`), as the Switchboard counts its own. Runs on the event loop; it
+never waits on an actor.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ from actors.engines import CallEngines
 from actors.faults import FaultPlan
 from actors.messages import AdmitCall, Outbox, RefusalReason
 from config.settings import LimitsSettings
-from mediaserver.calls.attempts import CallAttempts
+from mediaserver.admission.ledger import AdmissionLedger, LocalLedger
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.calls.live_call import AdmissionRefused, LiveCall, Transport
 from mediaserver.calls.observers import CallObservers
 from mediaserver.calls.outbox import CallOutbox
 from mediaserver.calls.recorder import CallRecorder
 from mediaserver.errors import EdgeError, EngineUnavailable
-from mediaserver.lifecycle import Lifecycle
+from mediaserver.lifecycle import Lifecycle, Readiness
 from mediaserver.store import Agent, Company, Store, StoreError
 from mediaserver.store import Transport as TransportName
 
@@ -49,6 +58,7 @@ Refusal = Literal[
     "rate_limited",
     "capacity",
     "company_capacity",
+    "load",
     "shutting_down",
     "internal",
 ]
@@ -58,6 +68,7 @@ REFUSALS: tuple[Refusal, ...] = (
     "rate_limited",
     "capacity",
     "company_capacity",
+    "load",
     "shutting_down",
     "internal",
 )
@@ -127,12 +138,23 @@ def _observing_refusals(
     return observed
 
 
+class HostAdmission(Protocol):
+    """Whether any process of the host admits new calls now (a node's workers share one)."""
+
+    def admitting(self) -> bool: ...
+
+
 class CallEdge:
     """The calls of this server, for every transport. Loop only.
 
     Args:
         outbound_audio_ms: bot audio a call's outbox holds before dropping the oldest (the
             transport has its own, larger, real-time queue behind it).
+        ledger: who holds which call slot, and the per-minute windows (a `LocalLedger` over
+            `limits` by default).
+        gate: refuses new calls while the server is overloaded; None admits regardless of load.
+        host: whether any process of this host admits new calls (in a node's worker: what the
+            node last said), for `/readyz` and `ensure_room`; None: this server's own gate.
         faults: makes a `FaultPlan` per call (debug.fault_injection), or None.
         tap_outbox: wraps the outbox the tree puts to (the debug socket's `DebugEvents.tap`).
         observers: metrics, recordings and webhooks of every call (none by default).
@@ -147,6 +169,9 @@ class CallEdge:
         lifecycle: Lifecycle,
         limits: LimitsSettings,
         engines: EngineSource,
+        ledger: AdmissionLedger | None = None,
+        gate: LoadGate | None = None,
+        host: HostAdmission | None = None,
         outbound_audio_ms: float = 60_000,
         faults: Callable[[], FaultPlan] | None = None,
         tap_outbox: Callable[[Outbox], Outbox] | None = None,
@@ -162,7 +187,10 @@ class CallEdge:
         self._faults = faults
         self._tap_outbox = tap_outbox
         self._observers = observers or CallObservers()
-        self._attempts = CallAttempts(limits.call_attempts_per_min)
+        self.ledger: AdmissionLedger = ledger if ledger is not None else LocalLedger(limits)
+        self._gate = gate
+        self._host = host
+        self._slots: set[str] = set()  # calls holding a ledger slot, each freed exactly once
         self._live: dict[str, LiveCall] = {}
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -174,13 +202,32 @@ class CallEdge:
     def live_calls(self) -> list[LiveCall]:
         return list(self._live.values())
 
-    def capacity_left(self) -> int:
-        """Calls this server may still admit (0 while draining)."""
-        if not self._lifecycle.accepting_calls:
-            return 0
-        return max(0, self._limits.max_calls - self._registry.count())
+    async def readiness(self) -> Readiness:
+        """What `/readyz` says: the lifecycle's phase, else whether a new call could get in."""
+        phase = self._lifecycle.readiness()
+        if phase != "ready":
+            return phase
+        if not self._switchboard.is_alive():
+            return "admission_failed"
+        if not self._host_admits():
+            return "full"
+        if await self.ledger.room(None) is not None:
+            return "full"
+        return "ready"
 
     # -- starting calls ------------------------------------------------------------------------
+
+    @_observing_refusals
+    async def ensure_room(self, company_id: str) -> None:
+        """Check that a call of `company_id` would get in now; takes nothing.
+
+        Raises:
+            CallRefusal: "shutting_down", "load", "capacity" or "company_capacity".
+        """
+        self._check_open(host=True)
+        refusal = await self.ledger.room(company_id)
+        if refusal is not None:
+            raise self._refused(refusal)
 
     @_observing_refusals
     async def authenticate(self, api_key: str) -> Company:
@@ -213,12 +260,10 @@ class CallEdge:
         Raises:
             CallRefusal: the call did not start (nothing of it is left behind).
         """
-        if not self._lifecycle.accepting_calls:
-            raise CallRefusal("shutting_down")
-        if not self._attempts.allow(company.id):
-            raise CallRefusal(
-                "rate_limited", retry_after_s=self._attempts.retry_after_s(company.id)
-            )
+        self._check_open()
+        wait_s = await self.ledger.call_attempt(company.id)
+        if wait_s > 0:
+            raise self._refused("rate_limited", retry_after_s=wait_s)
         agent = await self._find_agent(company.id, agent_id)
         config = agent_config(agent)
         try:
@@ -226,12 +271,44 @@ class CallEdge:
         except EngineUnavailable as exc:
             # A configuration problem, not a bug: say which, without a traceback.
             logger.warning("= call refused: agent %s: %s", agent.id, exc)
-            raise CallRefusal("internal") from None
+            raise self._refused("internal") from None
         except Exception:
             logger.exception("= no engines for agent %s", agent.id)
-            raise CallRefusal("internal") from None
+            raise self._refused("internal") from None
 
         call_id = uuid.uuid4().hex
+        refusal = await self.ledger.take_slot(call_id, company.id)
+        if refusal is not None:
+            raise self._refused(refusal)
+        self._slots.add(call_id)
+        try:
+            return await self._admit(
+                call_id,
+                company,
+                agent=agent,
+                config=config,
+                engines=engines,
+                transport=transport,
+                transport_name=transport_name,
+                peer_id=peer_id,
+            )
+        except BaseException:
+            await self._free_slot(call_id)
+            raise
+
+    async def _admit(
+        self,
+        call_id: str,
+        company: Company,
+        *,
+        agent: Agent,
+        config: AgentConfig,
+        engines: CallEngines,
+        transport: Transport,
+        transport_name: TransportName,
+        peer_id: str,
+    ) -> LiveCall:
+        """Admit the call through the Switchboard and write its rows (it holds a slot)."""
         loop = asyncio.get_running_loop()
         outbox = CallOutbox(loop, audio_backlog_ms=self._outbound_audio_ms)
         recorder = CallRecorder(self._store, company_id=company.id, call_id=call_id, agent=config)
@@ -258,7 +335,7 @@ class CallEdge:
             )
         except ActorDeadError:
             logger.error("= the Switchboard is gone: refusing calls")
-            raise CallRefusal("internal") from None
+            raise self._refused("internal") from None
         try:
             await call.admitted(ADMISSION_TIMEOUT_S)
         except AdmissionRefused as refused:
@@ -279,7 +356,7 @@ class CallEdge:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             call.log.error("= store: the call's rows were not written: %s", exc)
-            raise CallRefusal("internal") from None
+            raise self._refused("internal") from None
         call.conversation_id = conversation.id
         call.observer = self._observers.opened(call)
         recorder.start()
@@ -319,19 +396,47 @@ class CallEdge:
             )
         except StoreError:
             logger.exception("= reading agent %r failed", agent_id)
-            raise CallRefusal("internal") from None
+            raise self._refused("internal") from None
         if agent is None:
-            raise CallRefusal("unknown_agent")
+            raise self._refused("unknown_agent")
         return agent
 
     async def _forget_when_finished(self, call: LiveCall) -> None:
         await call.finished.wait()
         self._live.pop(call.call_id, None)
+        await self._free_slot(call.call_id)
+
+    async def _free_slot(self, call_id: str) -> None:
+        if call_id in self._slots:
+            self._slots.discard(call_id)
+            await self.ledger.free_slot(call_id)
+
+    def _host_admits(self) -> bool:
+        if self._host is not None:
+            return self._host.admitting()
+        return self._gate is None or self._gate.is_open
+
+    def _check_open(self, *, host: bool = False) -> None:
+        """The cheap refusals: draining, and the load gate (`host`: any process's of the host)."""
+        if not self._lifecycle.accepting_calls:
+            raise self._refused("shutting_down")
+        if host and self._host is not None:
+            if not self._host.admitting():
+                raise self._refused("load")
+            return
+        if self._gate is not None and not self._gate.is_open:
+            self._gate.refused()
+            raise self._refused("load")
+
+    def _refused(self, reason: Refusal, *, retry_after_s: float = 0.0) -> CallRefusal:
+        """A refusal decided here (not by the Switchboard), counted for `inspect stats`."""
+        self._registry.record_refusal(reason)
+        return CallRefusal(reason, retry_after_s=retry_after_s)
 
 
 def _refusal(reason: RefusalReason) -> Refusal:
     match reason:
-        case "capacity" | "company_capacity" | "shutting_down":
+        case "shutting_down":
             return reason
         case _:
             return "internal"  # "duplicate" or no answer: our bug, not the caller's

@@ -5,11 +5,14 @@ anything, so a stuck call can be inspected. Reads that grow with the number of c
 `stats`) run on a worker thread. Actions go through the call's `CallHandle` (`tell` only);
 waiting for their effect is a short poll of snapshots on the loop, or a wait on a worker thread
 (`handle.wait_ended`). `watch`, `unwatch` and `hello` belong to a connection: see `server.py`.
+`admission` reads or forces the load gate; `hog` (fault injection) blocks the event loop on a
+schedule, so the gate can be seen closing on real lag.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from actors.runtime import Dispatcher
     from actors.snapshot import ActorSnapshot, CallTree
     from config.settings import DebugSettings
+    from mediaserver.admission.load_gate import LoadGate
     from mediaserver.debug.monitor import LoopMonitor
     from mediaserver.debug.watch import DebugEvents
     from mediaserver.store import Store
@@ -51,6 +55,7 @@ class DebugCommands:
         monitor: LoopMonitor,
         dispatcher: Dispatcher | None = None,
         store: Store | None = None,
+        gate: LoadGate | None = None,
     ) -> None:
         self._settings = settings
         self.registry = registry
@@ -58,6 +63,8 @@ class DebugCommands:
         self.monitor = monitor
         self._dispatcher = dispatcher
         self._store = store
+        self._gate = gate
+        self._hogs: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
             "calls": self.calls,
             "tree": self.tree,
@@ -69,6 +76,8 @@ class DebugCommands:
             "crash": self.crash,
             "loglevel": self.loglevel,
             "reload": self.reload,
+            "admission": self.admission,
+            "hog": self.hog,
         }
 
     async def run(self, request: Request) -> Any:
@@ -134,6 +143,7 @@ class DebugCommands:
             "cpu_pct": round(monitor.cpu_pct, 1),
             "loop_lag_ms": {"last": _round(monitor.lag_ms), "max_10s": _round(monitor.lag_max_ms)},
             "uptime_s": round(time.monotonic() - monitor.started_at, 1),
+            "admission": self._gate.state().as_json() if self._gate is not None else None,
             "debug": {
                 "watchers": len(watchers),
                 "events_published": self.events.published,
@@ -260,6 +270,47 @@ class DebugCommands:
             ),
         }
 
+    async def admission(self, request: Request) -> dict[str, Any]:
+        """The load gate's state; with `mode`, force it closed ("off"), open ("on"), or "auto"."""
+        gate = self._gate
+        if gate is None:
+            raise CommandFailed("refused", "this server has no load gate")
+        mode = request.args.get("mode")
+        if mode is None:
+            return gate.state().as_json()
+        logger.warning("> admission %s requested", mode)
+        return gate.set_mode(str(mode)).as_json()  # type: ignore[arg-type]  # validated
+
+    async def hog(self, request: Request) -> dict[str, Any]:
+        """Fault injection: block the event loop `loop_ms` every `every_ms`, for `for_s`."""
+        if not self._settings.fault_injection:
+            msg = "fault injection is off (set MEDIASERVER_DEBUG__FAULT_INJECTION=true)"
+            raise CommandFailed("refused", msg)
+        loop_ms = float(request.args["loop_ms"])
+        every_ms = float(request.args.get("every_ms", 2 * loop_ms))
+        for_s = float(request.args.get("for_s", 5.0))
+        if every_ms < loop_ms:
+            raise CommandFailed("refused", "every_ms must be at least loop_ms")
+        logger.warning(
+            "> hog: blocking the event loop %.0f ms every %.0f ms for %.1f s",
+            loop_ms,
+            every_ms,
+            for_s,
+        )
+        task = asyncio.get_running_loop().create_task(
+            _hog(loop_ms / 1000, every_ms / 1000, for_s), name="debug-hog"
+        )
+        self._hogs.add(task)
+        task.add_done_callback(self._hogs.discard)
+        return {"loop_ms": loop_ms, "every_ms": every_ms, "for_s": for_s, "started": True}
+
+    async def close(self) -> None:
+        """Stop any hog still running."""
+        for task in list(self._hogs):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     # -- helpers --------------------------------------------------------------------------------
 
     def _handle(self, call_id: str) -> CallHandle:
@@ -295,6 +346,18 @@ class DebugCommands:
                 return snapshot
             await asyncio.sleep(0.01)  # snapshot reads are cheap; this never holds the loop
         return None
+
+
+async def _hog(block_s: float, every_s: float, for_s: float) -> None:
+    """Hold the event loop for `block_s` at the start of every `every_s`, until `for_s` is over.
+
+    `time.sleep` holds the loop without burning CPU (it releases the GIL), so the dispatcher's
+    threads and the rest of a shared box are not slowed by it: only the loop's lag grows.
+    """
+    end = time.monotonic() + for_s
+    while (started := time.monotonic()) < end:
+        time.sleep(block_s)  # the point: nothing else runs on the loop meanwhile
+        await asyncio.sleep(max(0.0, every_s - (time.monotonic() - started)))
 
 
 def snapshot_json(snapshot: ActorSnapshot) -> dict[str, Any]:

@@ -52,6 +52,7 @@ END_REASONS = (
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NOTSET")
 CRASH_KINDS = ("exception", "system_exit", "hang")
+ADMISSION_MODES = ("auto", "on", "off")
 
 ErrorCode = Literal[
     "bad_json",  # not UTF-8 JSON, or not an object
@@ -169,6 +170,20 @@ COMMANDS: dict[str, CommandSpec] = {
             summary="set a logger's level ('root' for the root logger)",
         ),
         CommandSpec(name="reload", summary="re-read agents from the store for new calls"),
+        CommandSpec(
+            name="admission",
+            args=(Arg(name="mode", type=str, choices=ADMISSION_MODES),),
+            summary="the load gate's state; `mode` off/on forces it closed/open, auto follows load",
+        ),
+        CommandSpec(
+            name="hog",
+            args=(
+                Arg(name="loop_ms", type=float, required=True, minimum=1.0, maximum=5000.0),
+                Arg(name="every_ms", type=float, minimum=1.0, maximum=60_000.0),
+                Arg(name="for_s", type=float, minimum=0.0, maximum=60.0),
+            ),
+            summary="block the event loop on a schedule (only with debug.fault_injection)",
+        ),
     )
 }
 

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from actors.call_registry import CallRegistry
     from actors.runtime import Dispatcher
     from config.settings import DebugSettings
+    from mediaserver.admission.load_gate import LoadGate
     from mediaserver.store import Store
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def debug_server(
     registry: CallRegistry,
     dispatcher: Dispatcher | None = None,
     store: Store | None = None,
+    *,
+    gate: LoadGate | None = None,
 ) -> DebugServer:
     """Build the debug server and its parts (not started; `await server.start()`)."""
     events = DebugEvents()
@@ -81,6 +84,7 @@ def debug_server(
         monitor=LoopMonitor(),
         dispatcher=dispatcher,
         store=store,
+        gate=gate,
     )
     return DebugServer(settings, commands)
 
@@ -146,6 +150,7 @@ class DebugServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.commands.monitor.stop()
+        await self.commands.close()
         if self._inode is not None:
             with contextlib.suppress(OSError):
                 if os.stat(self.path).st_ino == self._inode:  # still ours, not a successor's

@@ -35,6 +35,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from config.settings import LimitsSettings
+from mediaserver.admission.ledger import AdmissionLedger
 from mediaserver.http.api_models import (
     E164,
     AgentCreate,
@@ -58,7 +59,6 @@ from mediaserver.http.api_models import (
     faq_rules,
     vad_overrides,
 )
-from mediaserver.http.api_rate_limit import RequestRate
 from mediaserver.store import (
     AgentChanges,
     AgentSpec,
@@ -115,9 +115,8 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found")
 
 
-def api_routes(store: Store, limits: LimitsSettings) -> APIRouter:  # noqa: PLR0915 - one closure per route
-    """The `/api` routes of one store; one request-rate window per API key."""
-    rate = RequestRate(limits.requests_per_min)
+def api_routes(store: Store, limits: LimitsSettings, ledger: AdmissionLedger) -> APIRouter:  # noqa: PLR0915 - one closure per route
+    """The `/api` routes of one store; each key's requests per minute are counted by `ledger`."""
     bearer = HTTPBearer(
         auto_error=False,
         scheme_name="ApiKey",
@@ -136,7 +135,7 @@ def api_routes(store: Store, limits: LimitsSettings) -> APIRouter:  # noqa: PLR0
         if found is None:
             raise unauthorized
         company, key = found
-        wait_s = rate.check(key.id)
+        wait_s = await ledger.api_request(key.id)
         if wait_s > 0:
             raise HTTPException(
                 429,

@@ -1,19 +1,33 @@
-"""`GET /healthz` (the process answers) and `GET /readyz` (it accepts new calls)."""
+"""`GET /healthz` (the process answers) and `GET /readyz` (it would admit a new call).
+
+`/readyz` answers `{"status": S}`: 200 when S is "ready", else 503 with S one of "starting",
+"full" (no room for a new call: the load gate is closed or the ledger is full), "draining",
+"stopped" or "admission_failed" (the Switchboard is dead: nothing can be admitted). S comes from
+one async callable, so a server made of several processes can answer for all of them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from mediaserver.lifecycle import Lifecycle
+from mediaserver.lifecycle import Lifecycle, Readiness
+
+ReadinessCheck = Callable[[], Awaitable[Readiness]]
 
 
-def health_routes(
-    lifecycle: Lifecycle, *, capacity_left: Callable[[], int] | None = None
-) -> APIRouter:
-    """`capacity_left`, when given, adds how many more calls the server would admit."""
+def lifecycle_readiness(lifecycle: Lifecycle) -> ReadinessCheck:
+    """Readiness from the lifecycle alone (a server without calls: the tenant API only)."""
+
+    async def readiness() -> Readiness:
+        return lifecycle.readiness()
+
+    return readiness
+
+
+def health_routes(readiness: ReadinessCheck) -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz")
@@ -22,10 +36,7 @@ def health_routes(
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
-        status = 200 if lifecycle.ready else 503
-        body: dict[str, object] = {"status": lifecycle.phase.value}
-        if capacity_left is not None:
-            body["capacity_left"] = capacity_left()
-        return JSONResponse(body, status_code=status)
+        status = await readiness()
+        return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
     return router

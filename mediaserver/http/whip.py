@@ -8,7 +8,8 @@
     OPTIONS on both                     -> 204 with CORS headers (RFC 9725 §4.2)
 
 Refusals: no or bad key 401, wrong content type 415, bad offer 400, unknown agent 404,
-capacity or shutting down 503 with Retry-After, call attempts over the rate 429 with Retry-After.
+capacity, overload (`load`) or shutting down 503 with Retry-After, call attempts over the rate
+429 with Retry-After.
 An offer whose audio is `sendrecv` hears the agent; a `sendonly` one (OBS, GStreamer) is
 receive-only and its transcript goes to the store. A data channel named `events` gets the
 signaling events (docs/signaling.md) mirrored on it, and `ended` last.
@@ -50,6 +51,7 @@ REFUSAL_STATUS = {
     "rate_limited": 429,
     "capacity": 503,
     "company_capacity": 503,
+    "load": 503,
     "shutting_down": 503,
     "internal": 500,
 }

@@ -35,7 +35,10 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from mediaserver.node.ledger import LedgerService
+
 from config.settings import Settings
+from mediaserver.admission.ledger import LedgerState
 from mediaserver.errors import ServerFailed, StartupError
 from mediaserver.node.control import ControlChannel, ControlError, Message, channel_pair
 from mediaserver.node.worker import WorkerIdentity, start_message
@@ -83,10 +86,6 @@ class WorkerProcess:
         self.calls = 0
         self.handed = 0  # connections handed since its last state report
 
-    @property
-    def load(self) -> int:
-        return self.calls + self.handed
-
     def describe(self) -> str:
         pid = self.process.pid if self.process is not None else None
         return f"worker {self.index} (pid {pid})"
@@ -103,6 +102,7 @@ class Node:
         self._token = secrets.token_urlsafe(32)
         self._run_dir = tempfile.mkdtemp(prefix="mediaserver-node-")  # mode 0700
         self.workers = [WorkerProcess(index) for index in range(1, workers + 1)]
+        self.ledger = LedgerService(LedgerState(settings.limits))
         self._restarts: deque[float] = deque()  # within the intensity window
         self._restart_count = 0  # since the node started
         self._listener: socket.socket | None = None
@@ -199,9 +199,11 @@ class Node:
             )
         finally:
             theirs.close()
+        holder = str(worker.index)
         worker.channel = ControlChannel(
             ours,
             on_message=lambda message, sockets: self._on_message(worker, message, sockets),
+            on_call=lambda op, args: self.ledger.answer(holder, op, args),
             name=f"worker {worker.index} control",
         )
         identity = WorkerIdentity(
@@ -228,6 +230,7 @@ class Node:
         if worker.channel is not None:
             worker.channel.close()
             worker.channel = None
+        freed = self.ledger.state.free_holder(str(worker.index))
         self._changed.set()
         self._host_changed()
         how = describe_exit(code)
@@ -236,7 +239,7 @@ class Node:
             log("= worker %d %s", worker.index, how)
             self._check_all_exited()
             return
-        logger.error("= worker %d %s", worker.index, how)
+        logger.error("= worker %d %s; %d calls were live on it", worker.index, how, len(freed))
         if not self._listening:
             # Dying while the node starts is a configuration problem, not a crash to retry.
             self._give_up(f"worker {worker.index} {how} while starting")
@@ -370,9 +373,13 @@ class Node:
         return False
 
     def _placement(self) -> list[WorkerProcess]:
-        """Ready workers, best first: those admitting calls, then the least loaded."""
+        """Ready workers, best first: those admitting calls, then the least loaded (the slots
+        it holds in the ledger, plus the connections handed to it since it last reported)."""
+        held = self.ledger.state.holders()
         ready = [w for w in self.workers if w.ready]
-        return sorted(ready, key=lambda w: (not w.admitting, w.load, w.index))
+        return sorted(
+            ready, key=lambda w: (not w.admitting, held.get(str(w.index), 0) + w.handed, w.index)
+        )
 
 
 async def run_node(settings: Settings, *, workers: int, out: TextIO | None = None) -> int:

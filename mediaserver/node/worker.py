@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mediaserver.node.ledger import NodeLedger
+
 from config.loading import SettingsError, settings_document, settings_from_document
 from config.settings import Settings
 from mediaserver.errors import StartupError
@@ -43,6 +45,9 @@ from mediaserver.node.siblings import Siblings
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from actors.call_registry import CallRegistry
+    from mediaserver.admission.load_gate import LoadGate
 
 logger = logging.getLogger("mediaserver.node.worker")  # also when run as __main__
 
@@ -110,15 +115,18 @@ def read_start(message: Mapping[str, Any]) -> tuple[WorkerIdentity, Settings]:
 class WorkerLink:
     """The worker's side of the control channel, and what `run_server` does differently here.
 
-    Loop only, after `attach`. `status` (set by the composition root) says what the node needs
-    to place new connections: at least `{"calls": n, "admitting": bool}`.
+    Loop only, after `attach`. It gives the server the node's ledger (`ledger`), whether any
+    worker admits (`admitting`, for `/readyz` and the Twilio webhook), `/metrics` of the whole
+    host, and the node the worker's state.
     """
 
     def __init__(self, identity: WorkerIdentity, settings: Settings, sock: socket.socket) -> None:
         self.identity = identity
         self.settings = settings
-        self.status: Callable[[], dict[str, Any]] = lambda: {"calls": 0, "admitting": True}
         self.host: dict[str, Any] = {"admitting": True, "workers_up": identity.workers}
+        self.ledger = NodeLedger(lambda: self.channel)
+        self._registry: CallRegistry | None = None
+        self._gate: LoadGate | None = None
         self._sock = sock
         self._channel: ControlChannel | None = None
         self._server: uvicorn.Server | None = None
@@ -179,9 +187,15 @@ class WorkerLink:
         sock.setblocking(False)
         return sock
 
-    def serve(self, server: uvicorn.Server) -> None:
-        """Serve handed-off connections with `server` (started); tell the node we are ready."""
+    def serve(self, server: uvicorn.Server, *, registry: CallRegistry, gate: LoadGate) -> None:
+        """Serve handed-off connections with `server` (started); tell the node we are ready.
+
+        From then on the node hears our live calls and whether our gate admits, every second
+        and at once when the gate opens or closes (the node places connections by them).
+        """
         self._server = server
+        self._registry, self._gate = registry, gate
+        gate.subscribe(lambda _: self.report_now())
         self.channel.send({"t": "ready", "pid": os.getpid(), **self._status()})
         self._reporter = asyncio.get_running_loop().create_task(self._report(), name="report")
         logger.info("= worker %d ready", self.identity.index)
@@ -259,12 +273,16 @@ class WorkerLink:
             logger.error("= the node is gone: draining like on SIGTERM")
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def admitting(self) -> bool:
+        """Whether any worker of the node admits new calls (`HostAdmission`, for `/readyz`)."""
+        return bool(self.host.get("admitting", True))
+
     def _status(self) -> dict[str, Any]:
-        try:
-            return self.status()
-        except Exception:  # a boundary: a report must not stop the worker
-            logger.exception("= reading the worker's state failed")
-            return {"calls": 0, "admitting": False}
+        registry, gate = self._registry, self._gate
+        return {
+            "calls": registry.count() if registry is not None else 0,
+            "admitting": gate.is_open if gate is not None else False,
+        }
 
     async def _report(self) -> None:
         while True:

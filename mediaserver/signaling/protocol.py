@@ -198,6 +198,7 @@ REFUSAL_CLOSE: dict[Refusal, tuple[int, str]] = {
     "rate_limited": (CLOSE_TRY_AGAIN, "Rate limited"),
     "capacity": (CLOSE_TRY_AGAIN, "Server at capacity"),
     "company_capacity": (CLOSE_TRY_AGAIN, "Company at capacity"),
+    "load": (CLOSE_TRY_AGAIN, "Server at capacity"),  # overloaded: the same to a client
     "shutting_down": (CLOSE_GOING_AWAY, "Server shutting down"),
     "internal": (CLOSE_INTERNAL, "Internal error"),
 }

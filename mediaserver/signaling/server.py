@@ -147,7 +147,9 @@ class SignalingConnection:
                     agent_id=agent_id,
                 )
             except CallRefusal as refusal:
-                logger.info("= call refused: %s", refusal.reason)
+                # Load refusals are logged once per episode by the gate, not once per call.
+                level = logging.DEBUG if refusal.reason == "load" else logging.INFO
+                logger.log(level, "= call refused: %s", refusal.reason)
                 await self._refuse(*REFUSAL_CLOSE[refusal.reason])
                 return
             self.call = call

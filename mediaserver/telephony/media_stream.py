@@ -68,6 +68,7 @@ REFUSAL_CLOSE = {
     "rate_limited": (CLOSE_TRY_AGAIN, "Rate limited"),
     "capacity": (CLOSE_TRY_AGAIN, "Server at capacity"),
     "company_capacity": (CLOSE_TRY_AGAIN, "Company at capacity"),
+    "load": (CLOSE_TRY_AGAIN, "Server at capacity"),
     "shutting_down": (CLOSE_GOING_AWAY, "Server shutting down"),
     "internal": (CLOSE_INTERNAL, "Internal error"),
 }
@@ -194,7 +195,10 @@ class CarrierStream:
         try:
             call = await self._carrier.open_call(started, self)
         except CallRefusal as refusal:
-            logger.info("= %s call %s refused: %s", self._carrier.name, started.call_sid, refusal)
+            level = logging.DEBUG if refusal.reason == "load" else logging.INFO  # the gate logs
+            logger.log(
+                level, "= %s call %s refused: %s", self._carrier.name, started.call_sid, refusal
+            )
             self._close_override = REFUSAL_CLOSE[refusal.reason]
             return
         self.call = call

@@ -2,7 +2,8 @@
 
 * `parse_event(text)` reads one JSON text frame from Twilio into a `mediaserver.telephony.events`
   value; `media_message`, `mark_message` and `clear_message` build ours.
-* `connect_stream_twiml(url, parameters)` answers the voice webhook.
+* `connect_stream_twiml(url, parameters)` answers the voice webhook; `reject_twiml(reason)`
+  refuses the call (`<Reject>`, https://www.twilio.com/docs/voice/twiml/reject).
 * `signature(...)` / `signature_matches(...)` implement `X-Twilio-Signature`.
 
 Wire reference: https://www.twilio.com/docs/voice/media-streams/websocket-messages and
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from xml.etree import ElementTree
 
@@ -165,6 +167,15 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str]) -> str:
     stream.set("url", url)
     for name, value in parameters.items():
         ElementTree.SubElement(stream, "Parameter", {"name": name, "value": value})
+    body = ElementTree.tostring(response, encoding="unicode")
+    return f'<?xml version="1.0" encoding="UTF-8"?>{body}'
+
+
+def reject_twiml(reason: Literal["rejected", "busy"] = "rejected") -> str:
+    """TwiML refusing the call before it is answered: the caller hears a busy tone for "busy"
+    and Twilio's not-in-service message for "rejected" (the default)."""
+    response = ElementTree.Element("Response")
+    ElementTree.SubElement(response, "Reject", {"reason": reason} if reason == "busy" else {})
     body = ElementTree.tostring(response, encoding="unicode")
     return f'<?xml version="1.0" encoding="UTF-8"?>{body}'
 

@@ -2,7 +2,9 @@
 
     POST|GET /twilio/voice    form fields CallSid, AccountSid, From, To, ...
         -> TwiML <Connect><Stream url="{public wss}/twilio/stream"> with <Parameter>s naming the
-           company and agent (routed by `To`, else twilio.default_agent_id, else the demo agent)
+           company and agent (routed by `To`, else twilio.default_agent_id, else the demo agent);
+           <Reject/> when no agent answers, <Reject reason="busy"/> when the server has no room
+           for the call now (draining, overloaded, or the ledger full for the server or company)
     WS /twilio/stream         connected, start, media, dtmf, mark, stop (see `twilio.py`)
 
 With `twilio.auth_token` set, `X-Twilio-Signature` must match on both (403 otherwise), and the
@@ -41,7 +43,6 @@ VOICE_PATH = "/twilio/voice"
 STREAM_PATH = "/twilio/stream"
 MAX_FORM_BYTES = 64 * 1024
 TWIML = "text/xml"
-REJECT_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject/></Response>'
 PARAMS = ("company_id", "agent_id", "from", "to")  # the routing <Parameter>s, in signing order
 REFILL_MS = 40  # send two 20 ms frames per wake-up: half the timer wake-ups, 60-100 ms ahead
 
@@ -173,7 +174,14 @@ def twilio_routes(
             logger.warning(
                 "< call %s to %s: no agent answers; rejecting", call_sid, fields.get("To")
             )
-            return Response(REJECT_TWIML, media_type=TWIML)
+            return Response(twilio.reject_twiml(), media_type=TWIML)
+        try:
+            await edge.ensure_room(route.company.id)
+        except CallRefusal as refusal:
+            # Load refusals are logged once per episode by the gate, not once per call.
+            level = logging.DEBUG if refusal.reason == "load" else logging.INFO
+            logger.log(level, "< call %s: no room (%s): busy", call_sid, refusal.reason)
+            return Response(twilio.reject_twiml("busy"), media_type=TWIML)
         params = {
             "company_id": route.company.id,
             "agent_id": route.agent_id or "",

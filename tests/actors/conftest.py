@@ -15,7 +15,7 @@ from actors.messages import AdmitCall, CallAdmitted, CallRefused
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from actors.timer import Timer
-from config.settings import LimitsSettings, SupervisionSettings, VadSettings
+from config.settings import SupervisionSettings, VadSettings
 from tests.actors.fakes import Caller, RecordingOutbox, Script, fake_engines
 
 VAD = VadSettings(min_speech_ms=64, end_of_turn_silence_ms=200)
@@ -50,13 +50,11 @@ class Harness:
         dispatcher: Dispatcher,
         timer: Timer,
         supervision: SupervisionSettings,
-        limits: LimitsSettings,
     ) -> None:
         self.dispatcher, self.timer = dispatcher, timer
         self.registry = CallRegistry()
         self.switchboard = Switchboard.start(
             dispatcher,
-            limits=limits,
             supervision=supervision,
             vad=VAD,
             registry=self.registry,
@@ -99,14 +97,12 @@ class Harness:
 
 
 @contextmanager
-def make_harness(
-    supervision: SupervisionSettings = SUPERVISION, limits: LimitsSettings | None = None
-) -> Iterator[Harness]:
+def make_harness(supervision: SupervisionSettings = SUPERVISION) -> Iterator[Harness]:
     dispatcher = Dispatcher(threads=2, name="test-calls")
     timer = Timer("test-timer")
     timer.call_later(0, lambda: None)  # start its thread now, so thread counts have a baseline
     try:
-        yield Harness(dispatcher, timer, supervision, limits or LimitsSettings())
+        yield Harness(dispatcher, timer, supervision)
     finally:
         dispatcher.shutdown(5.0)
         timer.close()

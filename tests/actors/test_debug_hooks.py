@@ -18,9 +18,9 @@ from actors.messages import (
     MediaConnected,
     ResponseCompleted,
     RestartChild,
+    Shutdown,
 )
 from actors.snapshot import ActorSnapshot
-from config.settings import LimitsSettings
 from tests.actors.conftest import SUPERVISION, make_harness
 from tests.actors.fakes import wait_until
 from tests.timing import MS
@@ -136,14 +136,15 @@ def test_an_idle_actor_has_no_thread():
 
 
 def test_registry_counts_admissions_and_refusals_by_reason():
-    with make_harness(limits=LimitsSettings(max_calls=1, company_max_calls=1)) as harness:
+    with make_harness() as harness:
         before = time.monotonic()
         call = harness.call()
+        harness.switchboard.tell(Shutdown(drain_s=5.0))
         refused = harness.admit()
         assert not hasattr(refused, "handle")
         admitted, by_reason = harness.registry.admissions()
         assert admitted == 1
-        assert by_reason == {"capacity": 1}
+        assert by_reason == {"shutting_down": 1}
         entry = harness.registry.calls()[0]
         assert entry.call_id == call.call_id
         assert before <= entry.admitted_at <= time.monotonic()

@@ -1,6 +1,7 @@
 """The call edge without a network: a recording transport, the real tree, the real store."""
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pykka import ActorDeadError
 
 from actors.agent import FaqRule as AgentFaqRule
 from actors.messages import (
@@ -18,8 +20,11 @@ from actors.messages import (
     FlushAudio,
     Outbound,
     ResponseCompleted,
+    Shutdown,
 )
 from config.settings import LimitsSettings, Settings, SupervisionSettings
+from mediaserver.admission.ledger import LocalLedger, SlotRefusal
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.app import start_actors
 from mediaserver.calls import CallEdge, CallEvent, CallRefusal
 from mediaserver.calls.edge import agent_config
@@ -62,11 +67,17 @@ class Edge:
     lifecycle: Lifecycle
     engines: FakeEngineSource
     registry: Any
+    calls: Any
 
 
 @asynccontextmanager
 async def edge_for(
-    tmp_path, limits: LimitsSettings | None = None, store_class: type[Store] = Store
+    tmp_path,
+    limits: LimitsSettings | None = None,
+    store_class: type[Store] = Store,
+    *,
+    ledger: Any = None,
+    gate: LoadGate | None = None,
 ) -> AsyncIterator[Edge]:
     settings = Settings(
         limits=limits or LimitsSettings(),
@@ -87,12 +98,15 @@ async def edge_for(
         lifecycle=lifecycle,
         limits=settings.limits,
         engines=engines,
+        ledger=ledger,
+        gate=gate,
     )
     try:
-        yield Edge(edge, store, company, agent, lifecycle, engines, calls.registry)
+        yield Edge(edge, store, company, agent, lifecycle, engines, calls.registry, calls)
     finally:
         lifecycle.begin_drain()
-        await calls.drain(0.0)
+        with contextlib.suppress(ActorDeadError):  # a test stopped the Switchboard
+            await calls.drain(0.0)
         await edge.close(5000 * MS)
         await calls.close()
         await store.close()
@@ -341,3 +355,172 @@ def test_the_outbox_drops_the_oldest_audio_never_control_and_never_raises():
 def test_actor_times_become_wall_clock_times():
     now_wall, now_mono = time.time(), time.monotonic()
     assert wall_time(now_mono - 2.0) == pytest.approx(now_wall - 2.0, abs=0.05)
+
+
+# -- admission: the ledger counts, the gate refuses by load --------------------------------------
+
+
+class RecordingLedger(LocalLedger):
+    """A LocalLedger that records every slot taken and freed."""
+
+    def __init__(self, limits: LimitsSettings) -> None:
+        super().__init__(limits)
+        self.taken: list[str] = []
+        self.freed: list[str] = []
+        self.on_take: Any = None
+
+    async def take_slot(self, call_id: str, company_id: str, /) -> SlotRefusal | None:
+        refusal = await super().take_slot(call_id, company_id)
+        if refusal is None:
+            self.taken.append(call_id)
+            if self.on_take is not None:
+                self.on_take()
+        return refusal
+
+    async def free_slot(self, call_id: str, /) -> None:
+        self.freed.append(call_id)
+        await super().free_slot(call_id)
+
+
+def test_ten_simultaneous_calls_of_a_company_with_three_slots_admit_exactly_three(tmp_path):
+    async def scenario():
+        limits = LimitsSettings(company_max_calls=3)
+        async with edge_for(tmp_path, limits) as e:
+            outcomes = await asyncio.gather(
+                *(
+                    e.edge.open_call(
+                        e.company,
+                        transport=RecordingTransport(),
+                        transport_name="webrtc",
+                        peer_id=f"p{n}",
+                    )
+                    for n in range(10)
+                ),
+                return_exceptions=True,
+            )
+            admitted = [o for o in outcomes if not isinstance(o, BaseException)]
+            refused = [o for o in outcomes if isinstance(o, CallRefusal)]
+            assert len(admitted) == 3 and len(refused) == 7
+            assert {r.reason for r in refused} == {"company_capacity"}
+            assert e.registry.count() == 3
+            assert len(await e.store.list_calls(e.company.id)) == 3
+            assert e.registry.admissions()[1] == {"company_capacity": 7}
+            for call in admitted:
+                call.hang_up("bye")
+                await asyncio.wait_for(call.finished.wait(), 5000 * MS)
+            assert e.edge.ledger.state.count() == 0  # type: ignore[attr-defined]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("path", ["finished", "store_fails", "switchboard_refuses", "cancelled"])
+def test_a_slot_is_freed_exactly_once_on_every_path(tmp_path, path):
+    async def scenario():
+        ledger = RecordingLedger(LimitsSettings())
+        store_class = RowlessStore if path == "store_fails" else Store
+        async with edge_for(tmp_path, store_class=store_class, ledger=ledger) as e:
+            if path == "switchboard_refuses":
+                e.calls.switchboard.tell(Shutdown(drain_s=0.0))  # the lifecycle still accepts
+            opening: asyncio.Future[Any] = asyncio.ensure_future(
+                e.edge.open_call(
+                    e.company, transport=RecordingTransport(), transport_name="webrtc", peer_id="p"
+                )
+            )
+            if path == "cancelled":
+                ledger.on_take = opening.cancel  # while it holds the slot
+                with pytest.raises(asyncio.CancelledError):
+                    await opening
+            elif path == "finished":
+                call = await opening
+                assert ledger.freed == []
+                call.hang_up("bye")
+                call.hang_up("idle")
+                await asyncio.wait_for(call.finished.wait(), 5000 * MS)
+                await wait_for(lambda: ledger.freed)
+            else:
+                with pytest.raises(CallRefusal):
+                    await opening
+            await asyncio.sleep(0.05)  # a second free would have come by now
+            assert len(ledger.taken) == 1 and ledger.freed == ledger.taken
+            assert ledger.state.count() == 0
+
+    run(scenario)
+
+
+def test_no_slot_is_taken_for_a_call_refused_before_it(tmp_path):
+    async def scenario():
+        ledger = RecordingLedger(LimitsSettings())
+        async with edge_for(tmp_path, ledger=ledger) as e:
+            e.engines.fail = True
+            with pytest.raises(CallRefusal):
+                await e.edge.open_call(
+                    e.company, transport=RecordingTransport(), transport_name="webrtc", peer_id="p"
+                )
+            assert ledger.taken == [] and ledger.freed == []
+
+    run(scenario)
+
+
+def test_a_closed_load_gate_refuses_new_calls_and_keeps_the_live_ones(tmp_path):
+    async def scenario():
+        gate = LoadGate(LimitsSettings())
+        ledger = RecordingLedger(LimitsSettings())
+        async with edge_for(tmp_path, gate=gate, ledger=ledger) as e:
+            live = await e.edge.open_call(
+                e.company, transport=RecordingTransport(), transport_name="webrtc", peer_id="a"
+            )
+            gate.set_mode("off")
+            assert await e.edge.readiness() == "full"
+            with pytest.raises(CallRefusal) as refused:
+                await e.edge.open_call(
+                    e.company, transport=RecordingTransport(), transport_name="webrtc", peer_id="b"
+                )
+            assert refused.value.reason == "load"
+            with pytest.raises(CallRefusal) as no_room:
+                await e.edge.ensure_room(e.company.id)
+            assert no_room.value.reason == "load"
+            assert gate.state().refused == 2
+            assert e.registry.admissions()[1] == {"load": 2}
+            assert len(ledger.taken) == 1 and not live.ending
+            assert len(await e.store.list_calls(e.company.id)) == 1
+            gate.set_mode("auto")
+            assert await e.edge.readiness() == "ready"
+            await e.edge.ensure_room(e.company.id)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        (LimitsSettings(max_calls=1), "capacity"),
+        (LimitsSettings(company_max_calls=1), "company_capacity"),
+    ],
+)
+def test_ensure_room_asks_the_ledger_without_taking_a_slot(tmp_path, limits, reason):
+    async def scenario():
+        async with edge_for(tmp_path, limits) as e:
+            await e.edge.ensure_room(e.company.id)
+            await e.edge.ensure_room(e.company.id)
+            call = await e.edge.open_call(
+                e.company, transport=RecordingTransport(), transport_name="webrtc", peer_id="a"
+            )
+            with pytest.raises(CallRefusal) as refused:
+                await e.edge.ensure_room(e.company.id)
+            assert refused.value.reason == reason
+            assert await e.edge.readiness() == ("full" if reason == "capacity" else "ready")
+            call.hang_up("bye")
+
+    run(scenario)
+
+
+def test_readiness_follows_the_lifecycle_and_the_switchboard(tmp_path):
+    async def scenario():
+        async with edge_for(tmp_path) as e:
+            assert await e.edge.readiness() == "ready"
+            e.calls.switchboard.stop(block=True, timeout=5000 * MS)
+            assert await e.edge.readiness() == "admission_failed"
+            e.lifecycle.begin_drain()
+            assert await e.edge.readiness() == "draining"
+
+    run(scenario)

@@ -35,7 +35,7 @@ def test_first_run_prints_the_demo_key_once_then_the_listening_line(tmp_path):
 
 def test_health_and_readiness_answer(server):
     assert server.get("/healthz") == (200, {"status": "ok"})
-    assert server.get("/readyz") == (200, {"status": "ready", "capacity_left": 1000})
+    assert server.get("/readyz") == (200, {"status": "ready"})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

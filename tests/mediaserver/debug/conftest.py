@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from actors.messages import AdmitCall, CallAdmitted, CallRefused, MediaConnected, ResponseCompleted
-from config.settings import DebugSettings, SupervisionSettings
+from config.settings import DebugSettings, LimitsSettings, SupervisionSettings
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.debug import DebugServer, debug_server
 from mediaserver.inspect import DebugClient
 from mediaserver.store import Store
@@ -59,10 +60,19 @@ class LoopThread:
 class Live:
     """Live calls plus a debug server listening on `path`."""
 
-    def __init__(self, harness: Harness, server: DebugServer, loop: LoopThread, path: str, store):
+    def __init__(
+        self,
+        harness: Harness,
+        server: DebugServer,
+        loop: LoopThread,
+        path: str,
+        store,
+        gate: LoadGate,
+    ):
         self.harness, self.server, self.loop, self.path = harness, server, loop, path
         self.store = store
         self.registry = harness.registry
+        self.gate = gate
 
     def call(self, *, script: Script | None = None, company_id: str = "acme") -> Call:
         call_id = f"dbg-{next(_ids)}"
@@ -113,10 +123,11 @@ def live_server(
     store = loop.run(Store.open(str(Path(directory) / "store.db"))) if with_store else None
     try:
         with make_harness(supervision) as harness:
-            server = debug_server(settings, harness.registry, harness.dispatcher, store)
+            gate = LoadGate(LimitsSettings())
+            server = debug_server(settings, harness.registry, harness.dispatcher, store, gate=gate)
             loop.run(server.start())
             try:
-                yield Live(harness, server, loop, path, store)
+                yield Live(harness, server, loop, path, store, gate)
             finally:
                 loop.run(server.close())
     finally:

@@ -140,3 +140,19 @@ def test_no_server_is_exit_code_1_with_a_hint():
     assert result.returncode == 1
     assert result.stdout == ""
     assert "cannot connect to the debug socket /nonexistent" in result.stderr
+
+
+def test_admission_off_then_auto_and_its_table(live):
+    closed = document(inspect(live, "admission", "off", "--json"))
+    assert closed["open"] is False and closed["why"] == "forced" and closed["mode"] == "off"
+    assert not live.gate.is_open
+    table = inspect(live, "admission")
+    assert table.returncode == 0, table.stderr
+    assert "mode" in table.stdout and "off" in table.stdout
+    assert document(inspect(live, "admission", "auto", "--json"))["open"] is True
+    assert inspect(live, "admission", "maybe").returncode == 2
+
+
+def test_hog_starts_and_says_so(live):
+    started = document(inspect(live, "hog", "--loop-ms", "20", "--for-s", "0.1", "--json"))
+    assert started == {"loop_ms": 20.0, "every_ms": 40.0, "for_s": 0.1, "started": True}

@@ -681,3 +681,45 @@ def live_registry():
     from actors.call_registry import CallRegistry  # noqa: PLC0415
 
     return CallRegistry()
+
+
+# -- admission and the loop hog --------------------------------------------------------------------
+
+
+def test_admission_reads_the_gate_and_forces_it_off_on_and_back_to_auto(live):
+    with live.client() as client:
+        state = client.request("admission")
+        assert state["open"] is True and state["mode"] == "auto" and state["why"] == ""
+        assert state["max_loop_lag_ms"] == 50.0 and state["max_dispatch_lag_ms"] == 100.0
+        closed = client.request("admission", mode="off")
+        assert closed["open"] is False and closed["why"] == "forced"
+        assert client.request("stats")["admission"]["open"] is False
+        assert client.request("admission", mode="on")["open"] is True
+        assert client.request("admission", mode="auto")["mode"] == "auto"
+        assert error_code(client, "admission", mode="sometimes") == "bad_argument"
+    assert live.gate.is_open
+
+
+def test_admission_without_a_gate_is_refused(live):
+    second_path = live.path + ".2"
+    server = debug_server(DebugSettings(socket_path=second_path), live.registry)
+    live.loop.run(server.start())
+    try:
+        with DebugClient.unix(second_path, timeout_s=5000 * MS) as client:
+            assert error_code(client, "admission") == "refused"
+            assert client.request("stats")["admission"] is None
+    finally:
+        live.loop.run(server.close())
+
+
+def test_hog_blocks_the_event_loop_on_its_schedule(live):
+    with live.client() as client:
+        started = client.request("hog", loop_ms=150, every_ms=200, for_s=0.6)
+        assert started == {"loop_ms": 150.0, "every_ms": 200.0, "for_s": 0.6, "started": True}
+        wait_until(lambda: client.request("stats")["loop_lag_ms"]["max_10s"] >= 100)
+        assert error_code(client, "hog", loop_ms=100, every_ms=50) == "refused"
+
+
+def test_hog_is_refused_when_fault_injection_is_off():
+    with live_server(fault_injection=False) as live, live.client() as client:
+        assert error_code(client, "hog", loop_ms=100) == "refused"

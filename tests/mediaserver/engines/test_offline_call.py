@@ -38,7 +38,7 @@ from actors.messages import (
 from actors.runtime import Dispatcher
 from actors.switchboard import Switchboard
 from actors.timer import Timer
-from config.settings import LimitsSettings, SupervisionSettings, VadSettings
+from config.settings import SupervisionSettings, VadSettings
 from mediaserver.engines.silero import SileroVadFactory
 from tests.actors.fakes import RecordingOutbox
 from tests.mediaserver.engines.conftest import words
@@ -97,7 +97,6 @@ def running_switchboard() -> Iterator[ActorRef[Switchboard]]:
     try:
         yield Switchboard.start(
             dispatcher,
-            limits=LimitsSettings(),
             supervision=SupervisionSettings(audio_backlog_ms=60_000),  # audio comes faster
             vad=VadSettings(),
             registry=CallRegistry(),

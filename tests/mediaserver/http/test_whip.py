@@ -241,3 +241,22 @@ def test_another_companys_key_cannot_end_a_session(tmp_path):
             await caller.close()
 
     run(scenario)
+
+
+def test_an_overloaded_server_answers_503_with_retry_after(tmp_path):
+    async def scenario():
+        async with (
+            running_server(tmp_path) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            server.gate.set_mode("off")
+            caller = Caller()
+            refused = await publish(client, server, caller)
+            assert refused.status_code == 503 and refused.text == "load\n"
+            assert int(refused.headers["retry-after"]) >= 1
+            assert await server.store.list_calls(server.company_id) == []
+            server.gate.set_mode("auto")
+            assert (await publish(client, server, caller)).status_code == 201
+            await caller.close()
+
+    run(scenario)

@@ -27,6 +27,7 @@ from config.settings import (
     SupervisionSettings,
     WebhookSettings,
 )
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.app import Operations, build_http_app, build_operations, http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.lifecycle import Lifecycle
@@ -108,6 +109,7 @@ class OpsServer:
     engines: OpsEngines
     settings: Settings
     registry: CallRegistry
+    gate: LoadGate
 
     @property
     def ws_url(self) -> str:
@@ -163,7 +165,10 @@ async def ops_server(
     _, key = await store.create_api_key(company.id, label="test")
     lifecycle = Lifecycle()
     calls = start_actors(settings)
-    ops = build_operations(settings, store, calls.registry)
+    # The probes run, but measure for nothing: a busy test box must not refuse calls. A test
+    # closes the gate with `set_mode("off")`.
+    gate = LoadGate(LimitsSettings(max_loop_lag_ms=0, max_dispatch_lag_ms=0))
+    ops = build_operations(settings, store, calls, gate)
     engines = OpsEngines()
     edge = CallEdge(
         store=store,
@@ -175,6 +180,7 @@ async def ops_server(
         outbound_audio_ms=settings.webrtc.outbound_queue_ms,
         faults=faults,
         observers=ops.observers,
+        gate=gate,
     )
     app = build_http_app(lifecycle, edge=edge, settings=settings, store=store, metrics=ops.metrics)
     server = http_server(app, settings)
@@ -199,6 +205,7 @@ async def ops_server(
             engines=engines,
             settings=settings,
             registry=calls.registry,
+            gate=gate,
         )
     finally:
         lifecycle.begin_drain()

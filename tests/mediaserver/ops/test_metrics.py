@@ -95,11 +95,15 @@ def test_refused_calls_are_counted_by_reason(tmp_path):
                 await session(first)
                 async with Signal.connect(server.signal_url("second")) as second:
                     assert await second.closed() == (1013, "Server at capacity")
+            server.gate.set_mode("off")
+            async with Signal.connect(server.signal_url("third")) as third:
+                assert await third.closed() == (1013, "Server at capacity")
             samples = await server.scrape()
             refused = "mediaserver_calls_refused_total"
             assert value(samples, refused, reason="unauthorized") == 1
             assert value(samples, refused, reason="unknown_agent") == 1
             assert value(samples, refused, reason="capacity") == 1
+            assert value(samples, refused, reason="load") == 1
             assert value(samples, "mediaserver_calls_admitted_total") == 1
 
     run(scenario)

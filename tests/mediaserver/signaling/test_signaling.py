@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -147,15 +148,18 @@ def test_a_revoked_key_is_refused(tmp_path):
         (LimitsSettings(max_calls=1), (1013, "Server at capacity")),
         (LimitsSettings(company_max_calls=1), (1013, "Company at capacity")),
         (LimitsSettings(call_attempts_per_min=1), (1013, "Rate limited")),
+        ("load", (1013, "Server at capacity")),
     ],
 )
-def test_capacity_and_call_rate_refusals_close_with_1013(tmp_path, limits, expected):
+def test_capacity_load_and_call_rate_refusals_close_with_1013(tmp_path, limits, expected):
     async def scenario():
         async with (
-            running_server(tmp_path, limits=limits) as server,
+            running_server(tmp_path, limits=None if limits == "load" else limits) as server,
             Signal.connect(server.signal_url("first")) as first,
         ):
             await session(first)
+            if limits == "load":
+                server.gate.set_mode("off")
             async with Signal.connect(server.signal_url("second")) as second:
                 assert await second.closed() == expected
             await first.send({"type": "ping"})
@@ -284,23 +288,29 @@ async def _no_live_calls(server: Server) -> bool:
     return False
 
 
-def test_readyz_reports_capacity_left(tmp_path):
+def test_readyz_says_full_while_the_ledger_has_no_slot_left(tmp_path):
     async def scenario():
-        limits = LimitsSettings(max_calls=3)
-        async with (
-            running_server(tmp_path, limits=limits) as server,
-            Signal.connect(server.signal_url()) as sig,
-        ):
-            await session(sig)
-            status, body = await asyncio.to_thread(_get, server.url + "/readyz")
-            assert status == 200 and body == {"status": "ready", "capacity_left": 2}
+        limits = LimitsSettings(max_calls=1)
+        async with running_server(tmp_path, limits=limits) as server:
+            ready = server.url + "/readyz"
+            assert await asyncio.to_thread(_get, ready) == (200, {"status": "ready"})
+            async with Signal.connect(server.signal_url()) as sig:
+                await session(sig)
+                assert await asyncio.to_thread(_get, ready) == (503, {"status": "full"})
+                await sig.send({"type": "bye"})
+                await sig.closed()
+            await wait_for(lambda: not server.edge.live_calls())
+            assert await asyncio.to_thread(_get, ready) == (200, {"status": "ready"})
 
     run(scenario)
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def test_speech_and_transcript_events_follow_the_callers_audio(tmp_path):

@@ -30,6 +30,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from actors.engines import CallEngines, Sink, TranscriptReceived
 from config.settings import Settings
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.app import http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.lifecycle import Lifecycle
@@ -131,6 +132,7 @@ class TelephonyServer:
         await ensure_demo_tenant(self.store)
         self.lifecycle = Lifecycle()
         self.calls = start_actors(settings)
+        self.gate = LoadGate(settings.limits)  # no probes: open until a test forces it
         self.edge = CallEdge(
             store=self.store,
             switchboard=self.calls.switchboard,
@@ -138,6 +140,7 @@ class TelephonyServer:
             lifecycle=self.lifecycle,
             limits=settings.limits,
             engines=self.engines,
+            gate=self.gate,
         )
         self.rest = TwilioCalls(settings.twilio)
         app = FastAPI()
@@ -172,6 +175,18 @@ class TelephonyServer:
 
     def call_later(self, fn: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(fn)
+
+    def run_sync(self, fn: Callable[[], Any]) -> Any:
+        """Call `fn` on the server's loop (the load gate is loop only) and return its result."""
+
+        async def call() -> Any:
+            return fn()
+
+        return self.run(call)
+
+    def edge_refusals(self) -> dict[str, int]:
+        """Calls refused so far, by reason, as `inspect stats` reads them."""
+        return self.calls.registry.admissions()[1]
 
     def stop(self) -> None:
         if self._stopped is not None and self._thread.is_alive():

@@ -178,3 +178,11 @@ def test_an_inbound_clear_is_ignored(server):
     caller.wait_for(lambda c: "media" in c.events)
     caller.stop()
     assert caller.wait_closed() == (1000, "Call ended")
+
+
+def test_a_stream_arriving_while_the_load_gate_is_closed_is_closed_1013(server):
+    server.run_sync(lambda: server.gate.set_mode("off"))
+    caller = connect(server)
+    caller.start()
+    assert caller.wait_closed() == (1013, "Server at capacity")
+    assert server.run(lambda: server.store.list_calls(server.demo_company().id)) == []

@@ -423,3 +423,36 @@ def test_the_caller_hanging_up_without_stop_ends_the_call(server, api):
     ended = server.wait_for_call(lambda c: c.id == call.id and c.end_reason is not None)
     assert ended.end_reason == "hangup"
     assert_hung_up(api, caller)  # the stream dropped, the phone call may not have
+
+
+# -- no room: the webhook rejects as busy, a stream that comes anyway is closed 1013 --------------
+
+
+def busy(twiml):
+    root = ElementTree.fromstring(twiml)
+    reject = root.find("./Reject")
+    return reject is not None and reject.get("reason") == "busy" and root.find("./Connect") is None
+
+
+WEBHOOK_FORM = {"CallSid": "CA" + "7" * 32, "AccountSid": ACCOUNT_SID, "From": "+15550001111"}
+
+
+def test_voice_webhook_rejects_as_busy_while_the_load_gate_is_closed(server):
+    server.run_sync(lambda: server.gate.set_mode("off"))
+    status, _, twiml = voice_webhook(server, WEBHOOK_FORM)
+    assert status == 200 and busy(twiml), twiml
+    caller = connect(server)  # Twilio never would; a stale TwiML might
+    caller.start(routing(server, caller.call_sid))
+    assert caller.wait_closed() == (1013, "Server at capacity")
+    assert server.run(lambda: server.store.list_calls(server.demo_company().id)) == []
+    assert server.edge_refusals() == {"load": 2}
+    server.run_sync(lambda: server.gate.set_mode("auto"))
+    _, _, twiml = voice_webhook(server, WEBHOOK_FORM)
+    assert stream_of(twiml)[0] == server.ws_url + "/twilio/stream"
+
+
+@pytest.mark.parametrize("limits", [{"max_calls": 0}, {"company_max_calls": 0}])
+def test_voice_webhook_rejects_as_busy_when_the_ledger_has_no_slot(tmp_path, api, limits):
+    with serve(tmp_path, api, limits=limits) as server:
+        status, _, twiml = voice_webhook(server, WEBHOOK_FORM)
+        assert status == 200 and busy(twiml), twiml

@@ -35,6 +35,7 @@ from config.settings import (
     VadSettings,
     WebRTCSettings,
 )
+from mediaserver.admission.load_gate import LoadGate
 from mediaserver.app import build_http_app, http_server, start_actors
 from mediaserver.calls import CallEdge
 from mediaserver.engines.echo import EchoLlm, EchoStt, EchoTts
@@ -86,6 +87,7 @@ class Server:
     engines: FakeEngineSource
     registry: CallRegistry
     drain: Callable[[float], Any]
+    gate: LoadGate
     ws_url: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +125,7 @@ async def running_server(
     lifecycle = Lifecycle()
     calls = start_actors(settings)
     engines = FakeEngineSource()
+    gate = LoadGate(settings.limits)  # no probes: open until a test forces it
     edge = CallEdge(
         store=store,
         switchboard=calls.switchboard,
@@ -130,6 +133,7 @@ async def running_server(
         lifecycle=lifecycle,
         limits=settings.limits,
         engines=engines,
+        gate=gate,
         outbound_audio_ms=settings.webrtc.outbound_queue_ms,
     )
     server = http_server(build_http_app(lifecycle, edge=edge, settings=settings), settings)
@@ -159,6 +163,7 @@ async def running_server(
             engines=engines,
             registry=calls.registry,
             drain=drain,
+            gate=gate,
         )
     finally:
         await drain(0.0)
