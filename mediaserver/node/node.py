@@ -399,20 +399,24 @@ async def run_node(settings: Settings, *, workers: int, out: TextIO | None = Non
     check_engines(settings)
     store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        key = await prepare_store(store)
-        listener = bind_socket(settings.server.host, settings.server.port)
         node = Node(settings, workers=workers, store=store, out=out)
         debug = DebugProxy(settings.debug, node)
         try:
-            await debug.start()  # before the workers: a socket another server owns stops us here
-            with _signals_passed(node):
-                if await node.start(listener):
-                    announce(out, key, listener, settings)
-                return await node.run()
+            # First: a second node started on the same settings stops here, before it ends the
+            # running node's calls in the store as if a crash had left them open.
+            await debug.start()
+            key = await prepare_store(store)
+            listener = bind_socket(settings.server.host, settings.server.port)
+            try:
+                with _signals_passed(node):
+                    if await node.start(listener):
+                        announce(out, key, listener, settings)
+                    return await node.run()
+            finally:
+                listener.close()
         finally:
             await debug.close()
             await node.close()
-            listener.close()
     finally:
         await store.close()
 
