@@ -14,11 +14,9 @@ A worker that is down (restarting) is skipped, never waited for: a request that 
 workers answers with the others and lists it in `workers_down` beside the result; one for that
 worker alone is answered `unavailable`. Every upstream wait is bounded (`debug_upstream.py`).
 
-A `watch` is relayed: the node starts the same watch on each worker (with a call, only on the
-worker that has it) and puts their events, tagged with `worker`, through one local `Watcher` per
-client watch, so the client's rate limit, buffer and `dropped` count work as on one server
-(events a worker dropped are added to that count). A watch of every call attaches to a worker
-that comes back after a restart, with `worker` events (`down`, `up`) in between. Loop only.
+A `watch` is relayed from the same watch on the workers through one local `Watcher` per client
+watch (`debug_relay.py`), so the client's rate limit and `dropped` count work as on one server.
+Loop only.
 """
 
 from __future__ import annotations
@@ -26,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mediaserver.debug.listener import DebugConnection, DebugListener, hello_info
 from mediaserver.debug.protocol import CommandFailed, Reply, Request
-from mediaserver.debug.watch import DEFAULT_RATE_PER_S, DebugEvent, Watcher
+from mediaserver.debug.watch import DEFAULT_RATE_PER_S, Watcher
+from mediaserver.node.debug_relay import WatchRelay
 from mediaserver.node.debug_routing import (
     WorkerAnswer,
     call_of,
@@ -43,32 +40,17 @@ from mediaserver.node.debug_routing import (
     merge_stats,
     merge_threads,
     owner_answer,
-    relayed_event,
     route,
     tagged,
 )
-from mediaserver.node.debug_upstream import WorkerDebugClient, WorkerUnavailable
+from mediaserver.node.debug_upstream import WorkerConnections, WorkerUnavailable
 
 if TYPE_CHECKING:
     from config.settings import DebugSettings
     from mediaserver.debug.listener import Release
+    from mediaserver.node.debug_upstream import WorkerSockets
 
 logger = logging.getLogger(__name__)
-
-REATTACH_S = 0.5  # how often a watch of every call looks for a worker that came back
-
-
-class WorkerSockets(Protocol):
-    """What the proxy needs of the node: its workers, where their debug sockets are, which run."""
-
-    @property
-    def worker_numbers(self) -> Sequence[int]: ...
-
-    def worker_debug_path(self, worker: int) -> str: ...
-
-    def worker_up(self, worker: int) -> bool:
-        """True once the worker said it is ready (its debug socket listens), until it exits."""
-        ...
 
 
 class DebugProxy:
@@ -78,7 +60,7 @@ class DebugProxy:
         self._settings = settings
         self._workers = workers
         self._listener = DebugListener(settings, self)
-        self._upstreams: dict[DebugConnection, _Upstreams] = {}
+        self._upstreams: dict[DebugConnection, WorkerConnections] = {}
 
     @property
     def path(self) -> str:
@@ -140,10 +122,10 @@ class DebugProxy:
 
     # -- asking workers ---------------------------------------------------------------------------
 
-    def _upstreams_of(self, connection: DebugConnection) -> _Upstreams:
+    def _upstreams_of(self, connection: DebugConnection) -> WorkerConnections:
         upstreams = self._upstreams.get(connection)
         if upstreams is None:
-            upstreams = self._upstreams[connection] = _Upstreams(self._workers)
+            upstreams = self._upstreams[connection] = WorkerConnections(self._workers)
 
             def closed() -> None:
                 self._upstreams.pop(connection).close()
@@ -160,7 +142,7 @@ class DebugProxy:
         return worker
 
     async def _fan_out(
-        self, upstreams: _Upstreams, request: Request
+        self, upstreams: WorkerConnections, request: Request
     ) -> tuple[list[WorkerAnswer], list[int]]:
         """Every worker's answer at once; the workers that are down are skipped and listed."""
         numbers = self._workers.worker_numbers
@@ -177,7 +159,7 @@ class DebugProxy:
             logger.debug("> debug %s: skipped %s", request.cmd, describe_down(down))
         return answers, sorted(down)
 
-    async def _owner(self, upstreams: _Upstreams, request: Request) -> Reply:
+    async def _owner(self, upstreams: WorkerConnections, request: Request) -> Reply:
         """Ask every worker; the answer of the one that has the call."""
         answers, down = await self._fan_out(upstreams, request)
         owner = owner_answer(answers)
@@ -193,7 +175,7 @@ class DebugProxy:
     # -- watches ----------------------------------------------------------------------------------
 
     async def _watch(
-        self, connection: DebugConnection, upstreams: _Upstreams, request: Request
+        self, connection: DebugConnection, upstreams: WorkerConnections, request: Request
     ) -> Reply:
         call = request.args.get("call")
         call_id = None if call is None else str(call)
@@ -202,7 +184,7 @@ class DebugProxy:
             targets = [self._check_worker(request.worker)]
         else:
             targets = list(self._workers.worker_numbers)
-        relay = _RelayedWatch(upstreams, self._workers, call_id=call_id, rate=rate, targets=targets)
+        relay = WatchRelay(upstreams, self._workers, call_id=call_id, rate=rate, targets=targets)
         down: list[int] = []
 
         async def start() -> tuple[Watcher, Release]:
@@ -223,7 +205,7 @@ class DebugProxy:
         return Reply(result, {"workers_down": down} if down else {})
 
     async def _unwatch(
-        self, connection: DebugConnection, upstreams: _Upstreams, request: Request
+        self, connection: DebugConnection, upstreams: WorkerConnections, request: Request
     ) -> dict[str, Any]:
         key = str(request.args["watch"])
         request_id, watcher, _ = connection.take_watch(key)
@@ -239,173 +221,3 @@ class DebugProxy:
 
 def _reply(result: Any, extra: dict[str, Any]) -> Any:
     return Reply(result, extra) if extra else result
-
-
-class _Upstreams:
-    """One client connection's connections to the workers, each opened when first needed."""
-
-    def __init__(self, workers: WorkerSockets) -> None:
-        self._workers = workers
-        self._clients: dict[int, WorkerDebugClient] = {}
-        self._connecting: dict[int, asyncio.Lock] = {}
-        self.watches: dict[str, _RelayedWatch] = {}
-
-    async def client(self, worker: int) -> WorkerDebugClient:
-        """The open connection to `worker`, connecting (again) if needed.
-
-        Raises:
-            WorkerUnavailable: it is down, or does not accept the connection in time.
-        """
-        if not self._workers.worker_up(worker):
-            raise WorkerUnavailable(worker, "is down (restarting?)")
-        lock = self._connecting.setdefault(worker, asyncio.Lock())
-        async with lock:  # one connection per worker, even when requests ask at once
-            client = self._clients.get(worker)
-            if client is None or client.closed:
-                path = self._workers.worker_debug_path(worker)
-                client = self._clients[worker] = await WorkerDebugClient.connect(worker, path)
-        return client
-
-    async def ask(self, worker: int, request: Request) -> WorkerAnswer:
-        """`request` (without its `worker`) to `worker`: its result, or the error it caused."""
-        try:
-            client = await self.client(worker)
-            result = await client.request(request.cmd, request.args)
-        except CommandFailed as exc:
-            return WorkerAnswer(worker=worker, error=exc, received_at=time.monotonic())
-        return WorkerAnswer(worker=worker, result=result, received_at=time.monotonic())
-
-    def close(self) -> None:
-        for relay in self.watches.values():
-            relay.release()
-        self.watches.clear()
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
-
-
-class _RelayedWatch:
-    """One client watch: the workers' watches relayed into one local `Watcher`; an `EventSink`."""
-
-    def __init__(
-        self,
-        upstreams: _Upstreams,
-        workers: WorkerSockets,
-        *,
-        call_id: str | None,
-        rate: int,
-        targets: list[int],
-    ) -> None:
-        self._upstreams = upstreams
-        self._workers = workers
-        self.call_id = call_id
-        self._args: dict[str, Any] = {"rate": rate} | ({"call": call_id} if call_id else {})
-        self._targets = targets
-        self.watcher = Watcher(call_id, rate_per_s=rate)
-        self.attached: dict[int, tuple[WorkerDebugClient, int]] = {}
-        self._stopped = False
-        self._keeper: asyncio.Task[None] | None = None
-
-    async def attach_first(self, *, single: bool) -> list[int]:
-        """Start the watch on the target workers; the workers that are down.
-
-        With a call, only the worker that has it keeps the watch (the others say `not_found`).
-        A watch of every call goes on without the workers that are down, and attaches to them
-        once they are up (`_keep_attached`).
-
-        Raises:
-            CommandFailed: the one target worker is down or answered with an error (`single`);
-                no worker has the call (`not_found`); every worker answered with an error.
-        """
-        up = [w for w in self._targets if self._workers.worker_up(w)]
-        down = [w for w in self._targets if w not in up]
-        if single and down:
-            raise WorkerUnavailable(down[0], "is down (restarting?)")
-        answers = await asyncio.gather(*(self._attach(worker) for worker in up))
-        down += [a.worker for a in answers if isinstance(a.error, WorkerUnavailable)]
-        answered = [a for a in answers if not isinstance(a.error, WorkerUnavailable)]
-        first_error = next((a.error for a in answers if a.error is not None), None)
-        if single and first_error is not None:
-            raise CommandFailed(first_error.code, first_error.message)
-        if self.call_id is not None:
-            owner = owner_answer(answered)
-            if owner is None:
-                note = f" ({describe_down(down)})" if down else ""
-                raise CommandFailed("not_found", f"no live call {self.call_id!r}{note}")
-            if owner.error is not None:
-                raise CommandFailed(owner.error.code, owner.error.message)
-        else:
-            failed = [a.error for a in answered if a.error is not None]
-            if failed and len(failed) == len(answered):
-                raise CommandFailed(failed[0].code, failed[0].message)  # e.g. `busy` everywhere
-            self._keeper = asyncio.get_running_loop().create_task(self._keep_attached())
-        return sorted(down)
-
-    async def _attach(self, worker: int) -> WorkerAnswer:
-        try:
-            client = await self._upstreams.client(worker)
-            watch_id = await client.watch(self._args, self)
-        except CommandFailed as exc:
-            return WorkerAnswer(worker=worker, error=exc)
-        if self._stopped:
-            client.forget(watch_id)
-        else:
-            self.attached[worker] = (client, watch_id)
-        return WorkerAnswer(worker=worker, result=watch_id)
-
-    async def _keep_attached(self) -> None:
-        """A watch of every call: attach to each target worker that is up and not attached."""
-        while not self._stopped:
-            await asyncio.sleep(REATTACH_S)
-            for worker in self._targets:
-                if worker in self.attached or not self._workers.worker_up(worker):
-                    continue
-                try:
-                    answer = await self._attach(worker)
-                except Exception:  # a loop task: log, and try again at the next round
-                    logger.exception("debug watch: attaching to worker %d failed", worker)
-                    continue
-                if answer.error is None and not self._stopped:
-                    self._offer_worker_state(worker, "up")
-
-    # -- EventSink ------------------------------------------------------------------------------
-
-    def event(self, worker: int, document: dict[str, Any]) -> None:
-        if document.get("event") == "dropped":
-            count = document.get("count")
-            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-                self.watcher.count_dropped(count)
-            return
-        self.watcher.offer(relayed_event(worker, document))
-
-    def lost(self, worker: int) -> None:
-        if self.attached.pop(worker, None) is not None and not self._stopped:
-            self._offer_worker_state(worker, "down")
-
-    def _offer_worker_state(self, worker: int, state: str) -> None:
-        logger.info("= debug watch: worker %d %s", worker, state)
-        event = DebugEvent(
-            at=time.time(),
-            call_id=self.call_id,
-            kind="worker",
-            data={"worker": worker, "state": state},
-            worker=worker,
-        )
-        self.watcher.offer(event)
-
-    # -- ending ---------------------------------------------------------------------------------
-
-    def release(self) -> None:
-        """Stop relaying, without a word to the workers (their connections are closing)."""
-        self._stopped = True
-        if self._keeper is not None:
-            self._keeper.cancel()
-        for client, watch_id in self.attached.values():
-            client.forget(watch_id)
-        self.attached.clear()
-
-    async def detach(self) -> None:
-        """`unwatch`: stop relaying and end the watch on every worker (each wait bounded)."""
-        attached = list(self.attached.values())
-        self.release()
-        await asyncio.gather(*(client.unwatch(watch_id) for client, watch_id in attached))

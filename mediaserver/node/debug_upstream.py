@@ -1,4 +1,5 @@
-"""WorkerDebugClient: the node's connection to one worker's debug socket (`RUN_DIR/wI.debug.sock`).
+"""WorkerDebugClient: the node's connection to one worker's debug socket (`RUN_DIR/wI.debug.sock`);
+WorkerConnections: one client connection's connections to every worker, opened when first needed.
 
 It speaks the debug socket's JSON lines v1 like any client: requests carry its own ids and are
 matched to their responses; the events of a `watch` go to the `EventSink` registered for it. Every
@@ -16,11 +17,16 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any, Protocol, cast, get_args
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast, get_args
 
 from mediaserver.debug.commands import ACTION_WAIT_S
-from mediaserver.debug.protocol import CommandFailed, ErrorCode, encode
+from mediaserver.debug.protocol import CommandFailed, ErrorCode, Request, encode
+from mediaserver.node.debug_routing import WorkerAnswer
+
+if TYPE_CHECKING:
+    from mediaserver.node.debug_relay import WatchRelay
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,19 @@ class EventSink(Protocol):
 
     def lost(self, worker: int) -> None:
         """The connection to `worker` closed: no more events will come."""
+        ...
+
+
+class WorkerSockets(Protocol):
+    """What the proxy needs of the node: its workers, where their debug sockets are, which run."""
+
+    @property
+    def worker_numbers(self) -> Sequence[int]: ...
+
+    def worker_debug_path(self, worker: int) -> str: ...
+
+    def worker_up(self, worker: int) -> bool:
+        """True once the worker said it is ready (its debug socket listens), until it exits."""
         ...
 
 
@@ -210,6 +229,57 @@ class WorkerDebugClient:
                 logger.exception(
                     "< worker %d debug: a watch failed on the lost connection", self.worker
                 )
+
+
+class WorkerConnections:
+    """One client connection's connections to the workers, each opened when first needed."""
+
+    def __init__(self, workers: WorkerSockets) -> None:
+        self._workers = workers
+        self._clients: dict[int, WorkerDebugClient] = {}
+        self._connecting: dict[int, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.watches: dict[str, WatchRelay] = {}  # by the id of the client's watch request
+
+    async def client(self, worker: int) -> WorkerDebugClient:
+        """The open connection to `worker`, connecting (again) if needed.
+
+        Raises:
+            WorkerUnavailable: it is down, or does not accept the connection in time.
+        """
+        if not self._workers.worker_up(worker):
+            raise WorkerUnavailable(worker, "is down (restarting?)")
+        lock = self._connecting.setdefault(worker, asyncio.Lock())
+        async with lock:  # one connection per worker, even when requests ask at once
+            client = self._clients.get(worker)
+            if client is None or client.closed:
+                path = self._workers.worker_debug_path(worker)
+                client = self._clients[worker] = await WorkerDebugClient.connect(worker, path)
+        return client
+
+    async def ask(self, worker: int, request: Request) -> WorkerAnswer:
+        """`request` (without its `worker`) to `worker`: its result, or the error it caused."""
+        try:
+            client = await self.client(worker)
+            result = await client.request(request.cmd, request.args)
+        except CommandFailed as exc:
+            return WorkerAnswer(worker=worker, error=exc, received_at=time.monotonic())
+        return WorkerAnswer(worker=worker, result=result, received_at=time.monotonic())
+
+    def unwatch_later(self, client: WorkerDebugClient, watch_id: int) -> None:
+        """End a worker's watch that started after its client watch had ended."""
+        task = asyncio.get_running_loop().create_task(client.unwatch(watch_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Close every connection (the client's watches were released before)."""
+        self.watches.clear()
+        for task in self._tasks:
+            task.cancel()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
 
 def _int(value: Any) -> int:
