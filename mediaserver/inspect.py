@@ -5,6 +5,11 @@ settings as `serve`, sends one request (see `docs/debug-socket.md`) and prints t
 table, or with `--json` as exactly one JSON document on stdout (`watch --json` prints the list of
 events it received when it stops). Exit codes: 0 ok, 1 the server answered with an error or could
 not be reached, 2 bad usage. `DebugClient` is a small blocking client that tests reuse.
+
+With `serve --workers N` the socket is the node's: `calls`, `stack` and `watch` show a WORKER
+column, `stats` the host's totals and each worker's, and `--worker N` sends a request to worker N
+only. Workers the node skipped (down, restarting) are named on stderr, so `--json` stays the
+result alone.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class DebugClient:
         self._buffer = b""
         self._ids = itertools.count(1)
         self.pending_events: list[dict[str, Any]] = []
+        self.last_response: dict[str, Any] = {}
+        """The whole response to the last `request`: with workers, `workers_down` and the like."""
         sock.settimeout(timeout_s)
 
     @classmethod
@@ -142,6 +149,7 @@ class DebugClient:
                 continue
             if document.get("id") not in (request_id, None):
                 continue
+            self.last_response = document
             if document.get("ok"):
                 return document.get("result")
             error = document.get("error") or {}
@@ -176,6 +184,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--tcp", action="store_true", help="connect to 127.0.0.1:debug.tcp_port with debug.token"
     )
     connection.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    connection.add_argument(
+        "--worker",
+        type=_worker_number,
+        metavar="N",
+        help="with serve --workers: ask worker N only (a single process is worker 1)",
+    )
     parents = [common, connection]
 
     inspect = commands.add_parser("inspect", help="live actor state of a running server")
@@ -227,13 +241,40 @@ def run(
     try:
         with _connect(args, settings) as client:
             if args.action == "watch":
-                return _watch(client, args, out)
+                return _watch(client, args, out, err)
             document, render = _request(client, args)
+            notes = skipped_workers(client.last_response)
     except InspectError as exc:
         err.write(f"mediaserver: {exc}\n")
         return 1
     out.write((json.dumps(document, indent=2) if args.json else render(document)) + "\n")
+    for note in notes:
+        err.write(f"mediaserver: {note}\n")
     return 0
+
+
+def skipped_workers(response: dict[str, Any]) -> list[str]:
+    """What a node's response says it left out: workers down, workers that answered an error."""
+    notes = []
+    down = response.get("workers_down") or []
+    if down:
+        names = ", ".join(str(worker) for worker in down)
+        notes.append(
+            f"worker{'s' if len(down) > 1 else ''} {names} down (restarting?): not included"
+        )
+    for worker, error in (response.get("worker_errors") or {}).items():
+        notes.append(f"worker {worker}: {error.get('message')} ({error.get('code')})")
+    return notes
+
+
+def _worker_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a worker number is 1 or more, not {text!r}")
+    return number
 
 
 def _connect(args: argparse.Namespace, settings: Settings) -> DebugClient:
@@ -251,47 +292,56 @@ Render = Callable[[Any], str]
 
 
 def _request(client: DebugClient, args: argparse.Namespace) -> tuple[Any, Render]:
+    worker = {"worker": args.worker} if args.worker is not None else {}
+
+    def request(cmd: str, **arguments: Any) -> Any:
+        return client.request(cmd, **arguments, **worker)
+
     match args.action:
         case "calls":
-            return client.request("calls"), render_calls
+            return request("calls"), render_calls
         case "tree":
-            return client.request("tree", call=args.call), render_tree
+            return request("tree", call=args.call), render_tree
         case "state":
-            return client.request("state", actor=args.actor), render_state
+            return request("state", actor=args.actor), render_state
         case "stats":
-            return client.request("stats"), render_nested
+            return request("stats"), render_stats
         case "stack":
             extra = {"actor": args.actor} if args.actor else {}
-            return client.request("stack", **extra), render_stack
+            return request("stack", **extra), render_stack
         case "restart":
-            return client.request("restart", actor=args.actor), render_nested
+            return request("restart", actor=args.actor), render_nested
         case "stop":
-            return client.request("stop", call=args.call, reason=args.reason), render_nested
+            return request("stop", call=args.call, reason=args.reason), render_nested
         case "crash":
-            result = client.request("crash", actor=args.actor, kind=args.kind, hang_s=args.hang_s)
+            result = request("crash", actor=args.actor, kind=args.kind, hang_s=args.hang_s)
             return result, render_nested
         case "loglevel":
-            return client.request("loglevel", logger=args.logger, level=args.level), render_nested
+            return request("loglevel", logger=args.logger, level=args.level), render_nested
         case "reload":
-            return client.request("reload"), render_nested
+            return request("reload"), render_nested
         case "admission":
             extra = {"mode": args.mode} if args.mode else {}
-            return client.request("admission", **extra), render_nested
+            return request("admission", **extra), render_nested
         case "hog":
             hog: dict[str, Any] = {"loop_ms": args.loop_ms, "for_s": args.for_s}
             if args.every_ms is not None:
                 hog["every_ms"] = args.every_ms
-            return client.request("hog", **hog), render_nested
+            return request("hog", **hog), render_nested
     raise InspectError(f"unknown action {args.action}")
 
 
-def _watch(client: DebugClient, args: argparse.Namespace, out: TextIO) -> int:
+def _watch(client: DebugClient, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     extra: dict[str, Any] = {}
     if args.call:
         extra["call"] = args.call
     if args.rate:
         extra["rate"] = args.rate
+    if args.worker is not None:
+        extra["worker"] = args.worker
     client.request("watch", **extra)
+    for note in skipped_workers(client.last_response):
+        err.write(f"mediaserver: {note}\n")
     received: list[dict[str, Any]] = []
     with contextlib.suppress(KeyboardInterrupt):
         for event in client.events(seconds=args.seconds):
@@ -314,8 +364,46 @@ ACTOR_COLUMNS = ["kind", "state", "generation", "restarts", "mailbox_depth"]
 ACTOR_COLUMNS += ["oldest_message_age_s", "handled", "dropped", "handler_running_s", "last_error"]
 
 
+STATS_COLUMNS = ["worker", "live", "admitted", "refused", "threads", "rss_mb", "cpu_pct"]
+STATS_COLUMNS += ["lag_ms", "lag_max_ms", "uptime_s"]
+
+
 def render_calls(rows: list[dict[str, Any]]) -> str:
-    return table(rows, CALL_COLUMNS)
+    with_workers = any("worker" in row for row in rows)
+    return table(rows, ["worker", *CALL_COLUMNS] if with_workers else CALL_COLUMNS)
+
+
+def render_stats(stats: dict[str, Any]) -> str:
+    """One server's stats as fields; a node's as the host's totals and a row per worker."""
+    if "workers" not in stats:
+        return render_nested(stats)
+    calls = stats.get("calls", {})
+    node = stats.get("node", {})
+    refused = sum((calls.get("refused") or {}).values())
+    head = (
+        f"host: {calls.get('live')} live calls, {calls.get('admitted')} admitted, {refused} "
+        f"refused; workers up {node.get('workers_up')} of {node.get('workers')}"
+    )
+    rows = []
+    for worker, own in stats["workers"].items():
+        own_calls = own.get("calls", {})
+        lag = own.get("loop_lag_ms") or {}
+        rss = own.get("rss_bytes")
+        rows.append(
+            {
+                "worker": worker,
+                "live": own_calls.get("live"),
+                "admitted": own_calls.get("admitted"),
+                "refused": sum((own_calls.get("refused") or {}).values()),
+                "threads": own.get("threads"),
+                "rss_mb": round(rss / 1e6, 1) if isinstance(rss, int) else None,
+                "cpu_pct": own.get("cpu_pct"),
+                "lag_ms": lag.get("last"),
+                "lag_max_ms": lag.get("max_10s"),
+                "uptime_s": own.get("uptime_s"),
+            }
+        )
+    return head + "\n\n" + table(rows, STATS_COLUMNS)
 
 
 def render_tree(tree: dict[str, Any]) -> str:
@@ -344,7 +432,8 @@ def render_nested(document: dict[str, Any]) -> str:
 def render_stack(document: dict[str, Any]) -> str:
     if "threads" in document:
         blocks = [
-            f"--- {thread['thread']} ({thread['ident']})\n" + "\n".join(thread["stack"])
+            f"--- {_worker_prefix(thread)}{thread['thread']} ({thread['ident']})\n"
+            + "\n".join(thread["stack"])
             for thread in document["threads"]
         ]
         return "\n\n".join(blocks)
@@ -361,10 +450,17 @@ def render_event(event: dict[str, Any]) -> str:
     at = event.get("at") or time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
     data = event.get("data") or {}
+    if event.get("event") == "worker":
+        return f"{stamp} worker {data.get('worker')} {data.get('state')}"
     details = " ".join(
         f"{key}={value}" for key, value in data.items() if key != "traceback" and value is not None
     )
-    return f"{stamp} {event.get('call')} {event.get('event')} {details}".rstrip()
+    source = f"{_worker_prefix(event)}{event.get('call')}"
+    return f"{stamp} {source} {event.get('event')} {details}".rstrip()
+
+
+def _worker_prefix(document: dict[str, Any]) -> str:
+    return f"w{document['worker']} " if "worker" in document else ""
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:

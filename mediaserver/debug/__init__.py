@@ -1,7 +1,9 @@
 """The debug socket: live actor state for engineers (see docs/debug-socket.md).
 
     protocol.py     JSON-lines codec, command schema, errors (pure)
-    server.py       DebugServer: Unix socket (+ TCP with a token), connections, watch streaming
+    listener.py     DebugListener: Unix socket (+ TCP with a token), connections, limits, watch
+                    streaming, for any `CommandExecutor`
+    server.py       DebugServer: the executor that runs the commands in this process
     socket_file.py  the socket file: mode 0600, a stale one replaced, a live one refused
     commands.py     what each command reads or does (snapshots, handles, psutil)
     watch.py        DebugEvents: the event fan-out, with the outbox tap for the call edge

@@ -10,7 +10,12 @@ One response per request, `{"id": 1, "ok": true, "result": ...}` or
 read as a request gets an error response with `"id": null`. A `watch` streams events, one per
 line, each naming its watch: `{"event": "restart", "watch": 7, "call": "c-42", "at": ..., "data":
 {...}}`, and `{"event": "dropped", "watch": 7, "count": 12}` when a slow reader lost events.
-`docs/debug-socket.md` is the reference; `COMMANDS` below is the argument schema.
+`docs/debug-socket.md` is the reference; `COMMANDS` below is the argument schema. Every command
+may also carry `worker` (1..`MAX_WORKERS`): with `serve --workers N` the node's debug socket sends
+the request to that worker only (`Request.worker`); a single process is worker 1.
+
+A response may carry fields beside `result` (`Reply.extra`): the node reports the workers a
+fanned-out request skipped as `"workers_down": [2]`.
 
 Lines: at most `MAX_LINE_BYTES`. A longer line is answered with `line_too_long` and discarded up
 to its newline; one that runs past `MAX_DISCARD_BYTES` without a newline ends the connection.
@@ -37,6 +42,7 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 MAX_DISCARD_BYTES = 1024 * 1024
 MAX_ID_CHARS = 128
+MAX_WORKERS = 256  # server.workers allows at most 256
 
 ACTOR_KINDS = ("supervisor", "session", "ingest", "transcriber", "responder")
 CHILD_KINDS = ACTOR_KINDS[1:]
@@ -65,6 +71,7 @@ ErrorCode = Literal[
     "refused",  # not allowed (fault injection off, TCP client not authenticated)
     "unauthorized",
     "busy",  # too many connections or requests in flight
+    "unavailable",  # the worker asked for is down (restarting) or did not answer in time
     "internal",  # a bug: the server logged the traceback
 ]
 RequestId = str | int | None
@@ -193,6 +200,15 @@ class Request:
     id: str | int
     cmd: str
     args: Mapping[str, str | int | float | bool]
+    worker: int | None = None  # the `worker` field, taken out of the arguments
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A result and fields for the response beside it (`{"id", "ok", "result", **extra}`)."""
+
+    result: Any
+    extra: Mapping[str, Any]
 
 
 def parse_request(line: bytes) -> Request:
@@ -222,7 +238,18 @@ def parse_request(line: bytes) -> Request:
             "unknown_command", f"unknown command {cmd[:40]!r}; known: {known}", request_id
         )
     fields = {key: value for key, value in document.items() if key not in ("id", "cmd")}
-    return Request(id=request_id, cmd=cmd, args=_check_args(spec, fields, request_id))
+    worker = _check_worker(fields.pop("worker", None), request_id)
+    args = _check_args(spec, fields, request_id)
+    return Request(id=request_id, cmd=cmd, args=args, worker=worker)
+
+
+def _check_worker(value: Any, request_id: str | int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        msg = f"`worker` must be an integer from 1 to {MAX_WORKERS}"
+        raise BadRequest("bad_argument", msg, request_id)
+    return value
 
 
 def _check_args(
@@ -297,8 +324,11 @@ def encode(document: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def result_line(request_id: RequestId, result: Any) -> bytes:
-    return encode({"id": request_id, "ok": True, "result": result})
+def result_line(
+    request_id: RequestId, result: Any, extra: Mapping[str, Any] | None = None
+) -> bytes:
+    assert not extra or not {"id", "ok", "result", "error"} & set(extra), extra
+    return encode({"id": request_id, "ok": True, "result": result, **(extra or {})})
 
 
 def error_line(error: DebugError, request_id: RequestId = None) -> bytes:

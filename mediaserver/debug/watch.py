@@ -52,12 +52,17 @@ WATCHER_CAPACITY = 1000
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DebugEvent:
     at: float  # wall clock (time.time()), for people reading the stream
-    call_id: str
+    call_id: str | None  # None: about no one call (the node's `worker` events)
     kind: str
     data: Mapping[str, Scalar]
+    worker: int | None = None  # the worker it came from, when the node relays it
 
     def as_json(self) -> dict[str, Any]:
-        return {"event": self.kind, "call": self.call_id, "at": self.at, "data": dict(self.data)}
+        document: dict[str, Any] = {"event": self.kind, "call": self.call_id, "at": self.at}
+        document["data"] = dict(self.data)
+        if self.worker is not None:
+            document["worker"] = self.worker
+        return document
 
 
 class Watcher:
@@ -98,6 +103,12 @@ class Watcher:
                 return
             self._tokens -= 1.0
             self._events.append(event)
+
+    def count_dropped(self, count: int) -> None:
+        """Count `count` events lost before they reached this watcher (upstream, on a worker)."""
+        with self._lock:
+            self._dropped += count
+            self.dropped_total += count
 
     def take(self, limit: int) -> tuple[list[DebugEvent], int]:
         """Up to `limit` buffered events, and how many were dropped since the last call."""

@@ -5,6 +5,7 @@
     node: settings -> store (migrations, calls a crashed run left open, the demo tenant)
           -> the public socket (port 0 resolved here) -> a private run folder (mode 0700)
           -> N workers: `python -m mediaserver.node.worker`, each today's whole server
+          -> the debug socket on debug.socket_path: one for every worker (`debug_proxy.py`)
           -> every worker ready -> the key (first run), the URLs, `listening on http://HOST:PORT`
           -> accept -> each connection handed to a worker with room (decision 0081)
           -> a worker that dies: its calls end `worker_crash`; it is restarted, within
@@ -32,15 +33,16 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
-
-from mediaserver.node.ledger import LedgerService
 
 from config.settings import Settings
 from mediaserver.admission.ledger import LedgerState
 from mediaserver.errors import ServerFailed, StartupError
 from mediaserver.node.control import ControlChannel, ControlError, Message, channel_pair
+from mediaserver.node.debug_proxy import DebugProxy
+from mediaserver.node.ledger import LedgerService
+from mediaserver.node.run_dir import private_debug_path
 from mediaserver.node.worker import WorkerIdentity, start_message
 from mediaserver.startup import announce, bind_socket, check_engines, prepare_store
 from mediaserver.store import Store
@@ -118,6 +120,20 @@ class Node:
     @property
     def run_dir(self) -> str:
         return self._run_dir
+
+    # -- what the debug socket needs (`debug_proxy.WorkerSockets`) --------------------------------
+
+    @property
+    def worker_numbers(self) -> Sequence[int]:
+        return [worker.index for worker in self.workers]
+
+    def worker_debug_path(self, worker: int) -> str:
+        return private_debug_path(self._run_dir, worker)
+
+    def worker_up(self, worker: int) -> bool:
+        """Ready (its debug socket listens by then) and not known to have exited."""
+        slot = self.workers[worker - 1]
+        return slot.ready and slot.channel is not None
 
     # -- start and run -------------------------------------------------------------------------
 
@@ -393,17 +409,24 @@ async def run_node(settings: Settings, *, workers: int, out: TextIO | None = Non
     check_engines(settings)
     store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        key = await prepare_store(store)
-        listener = bind_socket(settings.server.host, settings.server.port)
         node = Node(settings, workers=workers, store=store, out=out)
+        debug = DebugProxy(settings.debug, node)
         try:
-            with _signals_passed(node):
-                if await node.start(listener):
-                    announce(out, key, listener, settings)
-                return await node.run()
+            # First: a second node started on the same settings stops here, before it ends the
+            # running node's calls in the store as if a crash had left them open.
+            await debug.start()
+            key = await prepare_store(store)
+            listener = bind_socket(settings.server.host, settings.server.port)
+            try:
+                with _signals_passed(node):
+                    if await node.start(listener):
+                        announce(out, key, listener, settings)
+                    return await node.run()
+            finally:
+                listener.close()
         finally:
+            await debug.close()
             await node.close()
-            listener.close()
     finally:
         await store.close()
 

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from mediaserver.inspect import render_calls, render_event, render_stats, skipped_workers
 from tests.actors.fakes import wait_until
 from tests.mediaserver.debug.conftest import short_dir
 from tests.timing import MS
@@ -156,3 +157,68 @@ def test_admission_off_then_auto_and_its_table(live):
 def test_hog_starts_and_says_so(live):
     started = document(inspect(live, "hog", "--loop-ms", "20", "--for-s", "0.1", "--json"))
     assert started == {"loop_ms": 20.0, "every_ms": 40.0, "for_s": 0.1, "started": True}
+
+
+# --- the node's forms (serve --workers N) --------------------------------------------------------
+
+
+def test_calls_show_a_worker_column_when_rows_have_one():
+    rows = [{"worker": 2, "id": "c-1", "state": "running"}]
+    header = render_calls(rows).splitlines()[0]
+    assert header.split()[:2] == ["WORKER", "ID"]
+    assert render_calls([{"id": "c-1"}]).splitlines()[0].split()[0] == "ID"
+
+
+def test_stats_of_a_node_show_the_host_and_a_row_per_worker():
+    own = {
+        "calls": {"live": 1, "admitted": 4, "refused": {"capacity": 2}},
+        "threads": 12,
+        "rss_bytes": 150_000_000,
+        "cpu_pct": 3.5,
+        "loop_lag_ms": {"last": 0.2, "max_10s": 1.5},
+        "uptime_s": 60.0,
+    }
+    stats = {
+        "calls": {"live": 1, "admitted": 4, "refused": {"capacity": 2}},
+        "workers": {"1": own},
+        "node": {"workers": 2, "workers_up": 1},
+    }
+    text = render_stats(stats)
+    assert text.splitlines()[0] == ("host: 1 live calls, 4 admitted, 2 refused; workers up 1 of 2")
+    assert text.splitlines()[3].split() == [
+        "1",
+        "1",
+        "4",
+        "2",
+        "12",
+        "150.0",
+        "3.5",
+        "0.2",
+        "1.5",
+        "60.0",
+    ]
+
+
+def test_a_nodes_notes_name_the_workers_left_out():
+    response = {
+        "workers_down": [1, 3],
+        "worker_errors": {"2": {"code": "internal", "message": "calls failed"}},
+    }
+    assert skipped_workers(response) == [
+        "workers 1, 3 down (restarting?): not included",
+        "worker 2: calls failed (internal)",
+    ]
+    assert skipped_workers({"id": 1, "ok": True, "result": []}) == []
+
+
+def test_relayed_events_name_their_worker():
+    event = {"event": "turn", "call": "c-1", "at": 0.0, "data": {"role": "user"}, "worker": 2}
+    assert render_event(event).split()[1:4] == ["w2", "c-1", "turn"]
+    up = {"event": "worker", "call": None, "at": 0.0, "data": {"worker": 1, "state": "up"}}
+    assert render_event(up).split()[1:] == ["worker", "1", "up"]
+
+
+def test_worker_must_be_a_positive_number():
+    result = inspect(None, "calls", "--worker", "0")
+    assert result.returncode == 2
+    assert "a worker number is 1 or more" in result.stderr

@@ -12,6 +12,7 @@ from mediaserver.debug.protocol import (
     CommandFailed,
     LineBuffer,
     LineTooLong,
+    Reply,
     Request,
     dropped_line,
     error_line,
@@ -64,6 +65,10 @@ def test_unwatch_names_a_watch_by_its_integer_or_string_id():
         (b'{"id": 1, "cmd": "crash", "actor": "c/x", "kind": "meteor"}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "stop", "call": "c", "reason": "tired"}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "calls", "extra": 1}', "bad_argument", 1),
+        (b'{"id": 1, "cmd": "calls", "worker": 0}', "bad_argument", 1),
+        (b'{"id": 1, "cmd": "calls", "worker": 257}', "bad_argument", 1),
+        (b'{"id": 1, "cmd": "calls", "worker": "1"}', "bad_argument", 1),
+        (b'{"id": 1, "cmd": "calls", "worker": true}', "bad_argument", 1),
     ],
 )
 def test_bad_requests_raise_with_a_code_and_the_id_when_known(line, code, request_id):
@@ -72,6 +77,19 @@ def test_bad_requests_raise_with_a_code_and_the_id_when_known(line, code, reques
     assert caught.value.code == code
     assert caught.value.request_id == request_id
     assert isinstance(caught.value, ProtocolViolation)
+
+
+def test_any_command_may_name_a_worker_which_is_kept_apart_from_its_arguments():
+    assert parse_request(
+        b'{"id": 3, "cmd": "loglevel", "logger": "root", "level": "INFO", "worker": 2}'
+    ) == Request(id=3, cmd="loglevel", args={"logger": "root", "level": "INFO"}, worker=2)
+    assert parse_request(b'{"id": 4, "cmd": "calls", "worker": null}').worker is None
+
+
+def test_a_reply_puts_its_extra_fields_beside_the_result():
+    reply = Reply([{"id": "c"}], {"workers_down": [2]})
+    line = result_line(5, reply.result, reply.extra)
+    assert json.loads(line) == {"id": 5, "ok": True, "result": [{"id": "c"}], "workers_down": [2]}
 
 
 def test_every_command_has_a_summary():

@@ -61,6 +61,15 @@ def test_hello_names_the_protocol_version_and_commands(live):
     assert {"calls", "tree", "state", "watch", "stats", "stack", "crash"} <= set(hello["commands"])
 
 
+def test_a_single_process_is_worker_1_and_has_no_other(live):
+    call = live.call()
+    with live.client() as client:
+        assert [row["id"] for row in client.request("calls", worker=1)] == [call.call_id]
+        assert error_code(client, "calls", worker=2) == "bad_argument"
+        with pytest.raises(InspectError, match="one process"):
+            client.request("stats", worker=2)
+
+
 def test_a_stale_socket_file_is_replaced():
     directory = short_dir()
     path = str(Path(directory) / "debug.sock")
@@ -628,7 +637,7 @@ def test_too_many_connections_get_busy(live):
     try:
         for client in clients[:1]:
             client.request("calls")
-        wait_until(lambda: len(live.server._connections) == 32)
+        wait_until(lambda: live.server.connection_count == 32)
         extra = Raw(live.path)
         assert extra.line()["error"]["code"] == "busy"
         assert extra.closed_by_server()

@@ -66,6 +66,27 @@ def test_a_watcher_that_is_never_drained_stays_bounded():
     assert [e.data["n"] for e in events] == list(range(50))  # the oldest kept: no gap inside
 
 
+def test_events_lost_before_a_watcher_are_told_with_its_own_drops():
+    watcher = Watcher(None, rate_per_s=1, clock=FakeClock())
+    watcher.offer(event(n=0))
+    watcher.offer(event(n=1))  # over the rate
+    watcher.count_dropped(40)  # lost upstream (a worker's watch, relayed by the node)
+    events, dropped = watcher.take(10)
+    assert (len(events), dropped, watcher.dropped_total) == (1, 41, 41)
+
+
+def test_an_event_names_its_worker_only_when_it_has_one():
+    assert "worker" not in event().as_json()
+    relayed = DebugEvent(at=1.0, call_id=None, kind="worker", data={"state": "up"}, worker=2)
+    assert relayed.as_json() == {
+        "event": "worker",
+        "call": None,
+        "at": 1.0,
+        "data": {"state": "up"},
+        "worker": 2,
+    }
+
+
 def test_a_watcher_of_one_call_ignores_the_others():
     watcher = Watcher("mine", clock=FakeClock())
     watcher.offer(event("other"))
