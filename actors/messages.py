@@ -33,7 +33,15 @@ SAMPLE_RATE = 16_000  # every inbound audio message is 16 kHz mono PCM16
 Scalar = str | int | float | bool | None
 
 EndReason = Literal[
-    "bye", "hangup", "ice_failed", "max_duration", "idle", "escalated", "shutdown", "replaced"
+    "bye",
+    "hangup",
+    "api_hangup",
+    "ice_failed",
+    "max_duration",
+    "idle",
+    "escalated",
+    "shutdown",
+    "replaced",
 ]
 RefusalReason = Literal["shutting_down", "duplicate"]
 

@@ -49,6 +49,7 @@ from mediaserver.http.health import ReadinessCheck, health_routes, lifecycle_rea
 from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
+from mediaserver.node.forward import ForwardToOwner, WorkerHeader
 from mediaserver.signaling.server import signaling_routes
 from mediaserver.startup import announce, bind_socket, check_engines, prepare_store
 from mediaserver.store import Store
@@ -91,13 +92,22 @@ def build_http_app(
     `worker`). `/readyz` asks `readiness`, by default the call edge's (or the lifecycle's,
     without one)."""
     app = FastAPI(title="mediaserver", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.add_middleware(RequestLog)
+    if worker is not None and edge is not None:
+        app.add_middleware(
+            ForwardToOwner,
+            siblings=worker.siblings,
+            local=lambda call_id: edge.get(call_id) is not None,
+            owner_of=worker.owner_of,
+        )
+    if worker is not None:
+        app.add_middleware(WorkerHeader, index=worker.identity.index)
+    app.add_middleware(RequestLog)  # added last: it sees every request, forwarded or not
     if readiness is None:
         readiness = edge.readiness if edge is not None else lifecycle_readiness(lifecycle)
     app.include_router(health_routes(readiness))
     if store is not None and settings is not None:
         ledger = edge.ledger if edge is not None else LocalLedger(settings.limits)
-        app.include_router(api_routes(store, settings.limits, ledger))
+        app.include_router(api_routes(store, settings.limits, ledger, calls=edge))
     if metrics is not None:
         whole_host = worker.whole_host_metrics if worker is not None else None
         app.include_router(metrics_routes(metrics, whole_host=whole_host))

@@ -2,6 +2,7 @@
 
     GET    /api/calls                              filters + paging, newest first
     GET    /api/calls/{id}                         the call, its transcript, events and metrics
+    POST   /api/calls/{id}/hangup                  end a live call (answers once it has ended)
     GET    /api/calls/{id}/recording               the call's stereo WAV (when recorded)
     GET    /api/conversations/{id}/context         every turn of the conversation's calls
     GET    /api/agents         POST /api/agents    list, create
@@ -21,12 +22,14 @@ a uniqueness conflict 409.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime, and
 # they name the dependency made inside `api_routes`.
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
@@ -36,6 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from config.settings import LimitsSettings
 from mediaserver.admission.ledger import AdmissionLedger
+from mediaserver.calls.live_call import LiveCall
 from mediaserver.http.api_models import (
     E164,
     AgentCreate,
@@ -77,6 +81,7 @@ from mediaserver.webhooks import new_secret
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 200
+HANGUP_WAIT_S = 10.0  # a hang-up answers once the call has ended, or after this long
 DEFAULT_USAGE_DAYS = 30
 RECENT_DELIVERIES = 20
 
@@ -115,8 +120,20 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found")
 
 
-def api_routes(store: Store, limits: LimitsSettings, ledger: AdmissionLedger) -> APIRouter:  # noqa: PLR0915 - one closure per route
-    """The `/api` routes of one store; each key's requests per minute are counted by `ledger`."""
+class LiveCalls(Protocol):
+    """The calls live in this process (the call edge)."""
+
+    def get(self, call_id: str, /) -> LiveCall | None: ...
+
+
+def api_routes(  # noqa: PLR0915 - one closure per route
+    store: Store, limits: LimitsSettings, ledger: AdmissionLedger, calls: LiveCalls | None = None
+) -> APIRouter:
+    """The `/api` routes of one store; each key's requests per minute are counted by `ledger`.
+
+    With `calls`, `POST /api/calls/{id}/hangup` ends a live call of this process (with workers,
+    a request for another worker's call is forwarded to it before it gets here).
+    """
     bearer = HTTPBearer(
         auto_error=False,
         scheme_name="ApiKey",
@@ -208,6 +225,27 @@ def api_routes(store: Store, limits: LimitsSettings, ledger: AdmissionLedger) ->
             events=[EventOut.from_event(e) for e in events],
             metrics=CallMetrics.from_summary(summarize_call(call, turns, usage)),
         )
+
+    @router.post(
+        "/calls/{call_id}/hangup",
+        tags=["calls"],
+        summary="End a live call; answers once it has ended, with the call",
+        responses={**not_found, **conflict},
+    )
+    async def hang_up(company: Tenant, call_id: str) -> CallOut:
+        live = calls.get(call_id) if calls is not None else None
+        if live is None or live.company_id != company.id:
+            call = await store.get_call(company.id, call_id)
+            if call is None:
+                raise _not_found("call")
+            reason = f"ended: {call.end_reason}" if call.ended_at is not None else "not live"
+            raise HTTPException(409, f"the call is {reason}")
+        live.hang_up("api_hangup")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.finished.wait(), HANGUP_WAIT_S)
+        ended = await store.get_call(company.id, call_id)
+        assert ended is not None  # a live call's row is written before it is admitted
+        return CallOut.from_call(ended)
 
     @router.get(
         "/calls/{call_id}/recording",

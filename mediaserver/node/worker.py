@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mediaserver.node.ledger import NodeLedger
-
 from config.loading import SettingsError, settings_document, settings_from_document
 from config.settings import Settings
 from mediaserver.errors import StartupError
@@ -40,6 +38,7 @@ from mediaserver.node.control import (
     decode,
 )
 from mediaserver.node.host_metrics import merge_expositions
+from mediaserver.node.ledger import NodeLedger
 from mediaserver.node.run_dir import private_debug_path, private_http_path
 from mediaserver.node.siblings import Siblings
 
@@ -272,6 +271,11 @@ class WorkerLink:
         if self._server is not None and not self._server.should_exit:
             logger.error("= the node is gone: draining like on SIGTERM")
             os.kill(os.getpid(), signal.SIGTERM)
+
+    async def owner_of(self, call_id: str) -> int | None:
+        """The number of the worker whose call `call_id` is (the ledger knows), or None."""
+        holder = await self.ledger.holder(call_id)
+        return int(holder) if holder is not None and holder.isdigit() else None
 
     def admitting(self) -> bool:
         """Whether any worker of the node admits new calls (`HostAdmission`, for `/readyz`)."""

@@ -206,6 +206,7 @@ REFUSAL_CLOSE: dict[Refusal, tuple[int, str]] = {
 END_CLOSE: dict[EndReason, tuple[int, str]] = {
     "bye": (CLOSE_NORMAL, "Call ended"),
     "hangup": (CLOSE_NORMAL, "Call ended"),
+    "api_hangup": (CLOSE_NORMAL, "Call ended"),
     "ice_failed": (CLOSE_NORMAL, "Call ended"),
     "max_duration": (CLOSE_NORMAL, "Call ended"),
     "idle": (CLOSE_NORMAL, "Call ended"),

@@ -1,10 +1,12 @@
 """The signal/1 codec on its own: values in, exact values out."""
 
 import json
+from typing import get_args
 
 import pytest
 
 from actors.messages import (
+    EndReason,
     ResponseCompleted,
     ResponseDelta,
     ResponseInterrupted,
@@ -114,15 +116,6 @@ def test_call_facts_become_events(fact, event):
 
 def test_every_refusal_and_end_reason_has_a_close_code_and_a_short_reason():
     assert set(REFUSAL_CLOSE) == set(REFUSALS)
-    assert set(END_CLOSE) == {
-        "bye",
-        "hangup",
-        "ice_failed",
-        "max_duration",
-        "idle",
-        "escalated",
-        "shutdown",
-        "replaced",
-    }
+    assert set(END_CLOSE) == set(get_args(EndReason))
     for code, reason in [*REFUSAL_CLOSE.values(), *END_CLOSE.values()]:
         assert code in (1000, 1001, 1008, 1011, 1013) and len(reason.encode()) <= 123
