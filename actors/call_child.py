@@ -1,11 +1,12 @@
 """CallChild: what every child of a CallSupervisor does to be supervised.
 
 A child gets its parent's ref, its generation and its last checkpoint through a `ChildContext`
-in `__init__`. It reports failure to the parent with `ChildFailed` from `on_failure`, saves its
-recoverable state with `checkpoint()` after each change, and puts outbound messages through
-`emit()`, which does nothing once the instance has been replaced. Engine streams are opened
-through `open_stream()`, whose sink tags every result with (generation, stream number): late
-output of a cancelled stream or an abandoned instance is discarded in `on_receive`.
+in `__init__`. It reports failure to the parent with `ChildFailed` from `on_failure`, and its
+stop with `ChildStopped` from `on_stop`. It saves its recoverable state with `checkpoint()` after
+each change, and puts outbound messages through `emit()`, which does nothing once the instance
+has been replaced. Engine streams are opened through `open_stream()`, whose sink tags every
+result with (generation, stream number): late output of a cancelled stream or an abandoned
+instance is discarded in `on_receive`.
 
 Subclasses implement `handle(message)` and `handle_engine(output)`, and optionally `started()`
 and `stopping()`. All hooks run on the dispatcher thread running this actor.
@@ -22,7 +23,13 @@ from actors.engines import EngineKind, EngineResult, EngineStream
 from actors.faults import inject
 from actors.messages import AudioDropped, InjectFault
 from actors.runtime import PooledActor
-from actors.tree_messages import Checkpoint, Checkpointed, ChildFailed, EngineOutput
+from actors.tree_messages import (
+    Checkpoint,
+    Checkpointed,
+    ChildFailed,
+    ChildStopped,
+    EngineOutput,
+)
 
 if TYPE_CHECKING:
     from actors.call_context import ChildContext
@@ -83,12 +90,15 @@ class CallChild(PooledActor):
             self._report(exception_value)
 
     def on_stop(self) -> None:
-        """Runs on this actor's thread when stopped normally: `stopping()`, then close streams."""
+        """Runs on this actor's thread when stopped normally: `stopping()`, close streams, then
+        tell the parent `ChildStopped` (also if `stopping()` raised): at the end of a call the
+        supervisor waits for it, so the last facts of every child precede `CallEnded`."""
         try:
             self.stopping()
         finally:
             self.ctx.watch.cancel_all()
             self.ctx.probe.state = "stopped"
+            self._tell_parent(ChildStopped(child=self.name, generation=self.generation))
 
     def on_dropped(self, count: int, ms: float) -> None:
         """The runtime dropped `count` audio messages (`ms` of audio): emit a metric fact."""

@@ -24,12 +24,19 @@ in the restart intensity); `InjectFault(actor)` makes the child (or the supervis
 in its next handler.
 
 End: `HangUp(reason)` from the edge, escalation, or the Switchboard's shutdown. The supervisor
-silences and stops its children, puts `CallEnded(reason)` on the outbox exactly once, closes the
-handle, tells the Switchboard `CallFinished`, and stops.
+stops supervising and asks each live child to stop; a child handles what it was told before, so
+its last facts (a keypad press, a turn, usage) go on the outbox, then tells `ChildStopped` from
+`on_stop` (a child failing instead tells `ChildFailed`, which counts the same). When every child
+has stopped, the supervisor puts `CallEnded(reason)` on the outbox, exactly once and after every
+child's last fact, closes the handle, tells the Switchboard `CallFinished`, and stops. It never
+waits in a handler: a `StopDeadline` on the shared timer bounds the wait at `stop_timeout_s`, and
+a child still running then is silenced and abandoned, an `end_cut_short` event is recorded, and
+`CallEnded.detail` names it.
 
 Every hook runs on the dispatcher thread running this actor. If a handler of the supervisor
-itself raises, `on_failure` ends the call as "escalated" (children are stopped; other calls are
-untouched).
+itself raises, `on_failure` ends the call as "escalated" at once (other calls are untouched); so
+does `on_stop` when the dispatcher shuts down. A stopped supervisor hears no `ChildStopped`, so
+children still running then are silenced and recorded as cut short.
 """
 
 from __future__ import annotations
@@ -82,9 +89,11 @@ from actors.tree_messages import (
     Checkpointed,
     ChildFailed,
     ChildName,
+    ChildStopped,
     RestartDue,
     SessionCheckpoint,
     SiblingStarted,
+    StopDeadline,
     Tick,
     TranscriberStarted,
 )
@@ -178,7 +187,12 @@ class CallSupervisor(PooledActor):
         self._pending: set[ChildName] = set()
         self._epoch = 0
         self._tick: TimerHandle | None = None
-        self._ended = False
+        self._ended = False  # ending: children asked to stop, supervision over
+        self._finished = False  # `CallEnded` is on the outbox
+        self._end_reason: EndReason = "hangup"
+        self._end_detail = ""
+        self._stopping: dict[ChildName, int] = {}  # asked to stop, not stopped yet
+        self._deadline: TimerHandle | None = None
         self.state = "starting"
         handle.bind(self.actor_ref, self.tree)
 
@@ -218,8 +232,14 @@ class CallSupervisor(PooledActor):
                     if isinstance(state, SessionCheckpoint):
                         self.setup.replay.trim(state.heard_through)
             case ChildFailed(child=child, generation=generation, error=error):
-                if generation == self.setup.generations.current(child) and not self._ended:
+                if self._ended:
+                    self._child_stopped(child, generation)  # it will not stop any other way
+                elif generation == self.setup.generations.current(child):
                     self._child_failed(child, error)
+            case ChildStopped(child=child, generation=generation):
+                self._child_stopped(child, generation)
+            case StopDeadline():
+                self._finish()
             case RestartDue(epoch=epoch):
                 if epoch == self._epoch and not self._ended:
                     self._restart_pending()
@@ -240,8 +260,9 @@ class CallSupervisor(PooledActor):
                 self.log.warning("unexpected message %r", message)
 
     def on_stop(self) -> None:
-        """Runs on this actor's thread when stopped from outside (dispatcher shutdown)."""
-        self._end("shutdown", stop_self=False)
+        """Runs on this actor's thread when stopped: by itself at the end, or by the dispatcher's
+        shutdown, which ends the call at once (see the module docstring)."""
+        self._end("shutdown", stopped=True)
 
     def on_failure(
         self,
@@ -252,7 +273,7 @@ class CallSupervisor(PooledActor):
         """The supervisor itself failed: end the call, escalated. Runs on this actor's thread."""
         if exception_value is not None:
             self.probe.record_error(exception_value)
-        self._end("escalated", detail=f"supervisor: {exception_value!r}", stop_self=False)
+        self._end("escalated", detail=f"supervisor: {exception_value!r}", stopped=True)
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -374,20 +395,70 @@ class CallSupervisor(PooledActor):
             self._child_failed(name, f"StallDetected: {why}")
             return  # one replacement per tick; the next tick looks at the new instances
 
-    def _end(self, reason: EndReason, *, detail: str = "", stop_self: bool = True) -> None:
-        if self._ended:
+    def _end(self, reason: EndReason, *, detail: str = "", stopped: bool = False) -> None:
+        """Ask every live child to stop; `_finish` puts `CallEnded` once they all have.
+
+        `stopped`: this actor is stopping itself (`on_stop`, `on_failure`) and will hear no
+        `ChildStopped`, so the call finishes now, cutting short the children still running.
+        """
+        if not self._ended:
+            self._ended = True
+            self._end_reason, self._end_detail = reason, detail
+            self.state = self.probe.state = f"ending: {reason}"
+            if self._tick is not None:
+                self._tick.cancel()
+            for name in reversed(CHILD_ORDER):
+                ref = self._slots[name].ref
+                # A dead child (failed, abandoned, awaiting a restart) has nothing more to say.
+                if ref is not None and ref.is_alive():
+                    self._stopping[name] = self.setup.generations.current(name)
+                    # Queued behind what it was told already: those facts come out first.
+                    ref.stop(block=False)  # never raises: a dead actor just stays dead
+            if self._stopping and not stopped:
+                self.log.info("= ending: %s; waiting for %s to stop", reason, list(self._stopping))
+                ref = self.actor_ref
+                self._deadline = self._timer.call_later(
+                    self._settings.stop_timeout_s, lambda: _tell(ref, StopDeadline())
+                )
+        if stopped or not self._stopping:
+            self._finish(stop_self=not stopped)
+
+    def _child_stopped(self, child: ChildName, generation: int) -> None:
+        if self._finished or self._stopping.get(child) != generation:
+            return  # a retired instance, or one the end has already given up on
+        del self._stopping[child]
+        if not self._stopping:
+            self._finish()
+
+    def _finish(self, *, stop_self: bool = True) -> None:
+        """Put `CallEnded` (once), close the handle, tell the Switchboard; then stop if asked.
+
+        Children still in `_stopping` are cut short: silenced at once (a generation bump), so
+        nothing of theirs follows `CallEnded`, and, if this actor still runs (`StopDeadline`),
+        abandoned like a stalled child, since a child past its stop timeout is stuck.
+        """
+        if self._finished:
             return
-        self._ended = True
-        self.state = self.probe.state = f"ended: {reason}"
-        if self._tick is not None:
-            self._tick.cancel()
-        for name in reversed(CHILD_ORDER):
-            slot = self._slots[name]
-            self.setup.generations.bump(name)
-            slot.watch.cancel_all()
-            if slot.ref is not None:
-                slot.ref.stop(block=False)  # never raises: a dead actor just stays dead
+        self._finished = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        reason, detail = self._end_reason, self._end_detail
+        late = [name for name in CHILD_ORDER if name in self._stopping]
+        if late:
+            self.log.warning("= %s still running at the end: cut short", ", ".join(late))
+            for name in late:
+                slot = self._slots[name]
+                self.setup.generations.bump(name)
+                if stop_self:
+                    slot.watch.cancel_all()
+                    if slot.actor is not None and slot.actor.abandon():
+                        slot.probe.state = "abandoned"
+            self._record("end_cut_short", children=",".join(late))
+            cut = f"cut short: {', '.join(late)} still running"
+            detail = f"{detail}; {cut}" if detail else cut
+        for slot in self._slots.values():
             slot.ref = slot.actor = None
+        self.state = self.probe.state = f"ended: {reason}"
         self.log.info("= call ended: %s %s", reason, detail)
         self.setup.outbox.put(CallEnded(call_id=self.call_id, reason=reason, detail=detail))
         self._call_handle.close()

@@ -5,8 +5,8 @@ They make replay exact: the Session settles transcripts up to an offset, the sup
 the replay buffer to it, and a fresh Transcriber is fed the audio after it, so no word is lost
 and none is counted twice.
 
-    supervisor <- ChildFailed, Checkpointed            (every child)
-    supervisor -> RestartDue, Tick                     (from the shared timer, to itself)
+    supervisor <- ChildFailed, Checkpointed, ChildStopped   (every child)
+    supervisor -> RestartDue, Tick, StopDeadline       (from the shared timer, to itself)
     supervisor -> TranscriberStarted                   -> ingest (then ingest replays)
     supervisor -> SiblingStarted                       -> session (re-sends a lost Reply)
     ingest     -> TranscribeAudio, AudioReplayed, TurnEnded   -> transcriber
@@ -39,6 +39,14 @@ class ChildFailed:
     generation: int
     error: str
     traceback: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildStopped:
+    """Sent by a child from `on_stop`: it has stopped, and all it emitted is on the outbox."""
+
+    child: ChildName
+    generation: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +102,11 @@ class RestartDue:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tick:
     """Periodic watchdog tick from the shared timer."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopDeadline:
+    """The call is ending and `stop_timeout_s` is over: end it without the children still up."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -124,6 +124,9 @@ class SupervisionSettings(Section):
     backoff_initial_ms: int = Field(50, ge=0)
     backoff_max_ms: int = Field(2000, ge=0)
     stall_timeout_s: float = Field(5.0, gt=0, description="A handler running longer is stalled")
+    stop_timeout_s: float = Field(
+        1.0, gt=0, description="At the end of a call, how long a child may take to stop"
+    )
     stt_progress_timeout_s: float = Field(10.0, gt=0)
     llm_progress_timeout_s: float = Field(20.0, gt=0)
     tts_progress_timeout_s: float = Field(10.0, gt=0)

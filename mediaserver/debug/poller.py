@@ -6,8 +6,8 @@ a moment. The debug server polls every `POLL_S` while someone watches, on a work
 
 Events, as (call id, kind, data):
 
-    call           the call's state changed: appeared ("running", ...), "ended: <reason>",
-                   or "gone" (left the registry)
+    call           the call's state changed: appeared ("running", ...), "ending: <reason>",
+                   "ended: <reason>", or "gone" (left the registry)
     state          an actor's lifecycle state changed; "idle" and "handling <Message>" both
                    count as "running", so the 50-a-second audio does not flood a watcher
     restart        an actor has a new generation (supervision replaced it)

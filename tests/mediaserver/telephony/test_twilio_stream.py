@@ -250,6 +250,8 @@ def test_dtmf_reaches_the_session_and_is_stored(server):
     assert event.data == {"digit": "5"}
     caller.stop()
     caller.wait_closed()
+    # The socket closes before the recorder has written everything; it writes the end last.
+    server.wait_for_call(lambda c: c.id == call.id and c.end_reason is not None)
     digits = [e.data["digit"] for e in server.events(call) if e.kind == "dtmf"]
     assert digits == ["5", "#"]
 
