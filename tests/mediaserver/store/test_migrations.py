@@ -1,4 +1,7 @@
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -6,6 +9,9 @@ from mediaserver.store import LATEST_VERSION, SchemaTooNew, Store, StoreError
 from mediaserver.store.db import Database
 from mediaserver.store.migrations import MIGRATIONS, migrate
 from tests.mediaserver.store.support import db_path, raw_sqlite, run
+from tests.timing import MS
+
+PROCESSES = 4
 
 
 def schema(path):
@@ -111,7 +117,7 @@ def test_open_refuses_a_newer_schema_and_leaves_the_file_alone(tmp_path):
     assert schema(path) == before
 
 
-def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path):
+def test_four_connections_opening_a_new_file_at_once_migrate_it_once(tmp_path):
     path = db_path(tmp_path)
 
     async def main():
@@ -120,6 +126,36 @@ def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path):
             await store.close()
 
     run(main())
+    assert versions(path) == list(range(1, LATEST_VERSION + 1))
+
+
+def test_several_processes_opening_a_new_file_at_once_all_open_it_and_migrate_it_once(tmp_path):
+    path = db_path(tmp_path)
+    opener = Path(__file__).with_name("open_store.py")
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(opener), path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+        for child in children:  # as close together as two writes can be
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        answers = [child.communicate(timeout=30_000 * MS)[0] for child in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+    assert answers == ["opened\n"] * PROCESSES
     assert versions(path) == list(range(1, LATEST_VERSION + 1))
 
 
