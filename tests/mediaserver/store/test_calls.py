@@ -197,21 +197,27 @@ def test_list_calls_pages_newest_first_and_filters(tmp_path):
     run(main())
 
 
-def test_end_open_calls_closes_only_calls_still_open(tmp_path):
+def test_the_deprecated_end_open_calls_ends_only_open_calls_without_an_owner(tmp_path):
     async def main():
         async with await Store.open(db_path(tmp_path)) as store:
             acme = await seed(store, "Acme")
             globex = await seed(store, "Globex")
-            await store.end_call(acme.company_id, acme.call_id, "done")
+            await store.end_call(acme.company_id, acme.call_id, "bye")
+            await store.register_owner("live", node_id="n", worker_id=1, host="h", pid=1)
+            owned = await store.start_call(
+                acme.company_id, agent_id=acme.agent_id, transport="text", peer_id="p",
+                owner_id="live",
+            )  # fmt: skip
 
-            assert await store.end_open_calls("server_restart") == 1
-            assert await store.end_open_calls("server_restart") == 0
+            assert await store.end_open_calls("server_crash") == 1
+            assert await store.end_open_calls("server_crash") == 0
             done = await store.get_call(acme.company_id, acme.call_id)
-            restarted = await store.get_call(globex.company_id, globex.call_id)
-            assert done is not None
-            assert restarted is not None
-            assert (done.end_reason, restarted.end_reason) == ("done", "server_restart")
-            assert not restarted.active
+            crashed = await store.get_call(globex.company_id, globex.call_id)
+            still = await store.get_call(acme.company_id, owned.id)
+            assert done is not None and crashed is not None and still is not None
+            assert (done.end_reason, crashed.end_reason) == ("bye", "server_crash")
+            assert not crashed.active
+            assert still.active  # its owner may be alive: not this function's to end
 
     run(main())
 
