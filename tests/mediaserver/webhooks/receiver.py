@@ -20,9 +20,12 @@ class Received:
 
 
 class Receiver:
-    """Answers each POST with the next status of `statuses` (then 200), and records it."""
+    """Answers each POST with the next status of `statuses` (then 200), and records it.
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    With `delay_s`, each answer comes that long after the request (requests run in parallel).
+    """
+
+    def __init__(self, statuses: list[int] | None = None, delay_s: float = 0.0) -> None:
         self.statuses = list(statuses or [])
         self.received: list[Received] = []
         self._changed = threading.Condition()
@@ -31,6 +34,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if delay_s:
+                    threading.Event().wait(delay_s)
                 with receiver._changed:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.received.append(
@@ -57,8 +62,8 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
-    receiver = Receiver(statuses)
+def running_receiver(statuses: list[int] | None = None, delay_s: float = 0.0) -> Iterator[Receiver]:
+    receiver = Receiver(statuses, delay_s)
     thread = threading.Thread(
         target=receiver.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
     )
