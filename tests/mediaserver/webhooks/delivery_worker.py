@@ -1,8 +1,8 @@
 """A webhook worker in a process of its own, delivering from a shared store file.
 
-Run by test_leases.py: `python delivery_worker.py DB_PATH CLAIMER`. Opens the store and prints
-`ready`; starts its worker at the first line on stdin and stops it at the second (or at EOF),
-then prints `stopped`.
+Run by test_leases.py: `python delivery_worker.py DB_PATH CLAIMER [LEASE_S TIMEOUT_S]`. Opens
+the store and prints `ready`; starts its worker at the first line on stdin and stops it at the
+second (or at EOF), then prints `stopped`.
 """
 
 import asyncio
@@ -12,12 +12,13 @@ from config.settings import WebhookSettings
 from mediaserver.store import Store
 from mediaserver.webhooks import WebhookWorker
 
-SETTINGS = WebhookSettings(timeout_s=5.0, max_attempts=4, backoff_initial_s=0.05)
 
-
-async def main(path: str, claimer: str) -> None:
+async def main(path: str, claimer: str, lease_s: float, timeout_s: float) -> None:
+    settings = WebhookSettings(
+        timeout_s=timeout_s, lease_s=lease_s, max_attempts=4, backoff_initial_s=0.05
+    )
     async with await Store.open(path) as store:
-        worker = WebhookWorker(store, SETTINGS, claimer=claimer, max_in_flight=4)
+        worker = WebhookWorker(store, settings, claimer=claimer, max_in_flight=4)
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         worker.start()
@@ -27,4 +28,5 @@ async def main(path: str, claimer: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    lease_s, timeout_s = (float(a) for a in sys.argv[3:5]) if len(sys.argv) > 3 else (60.0, 5.0)
+    asyncio.run(main(sys.argv[1], sys.argv[2], lease_s, timeout_s))

@@ -22,7 +22,8 @@ class Received:
 class Receiver:
     """Answers each POST with the next status of `statuses` (then 200), and records it.
 
-    With `delay_s`, each answer comes that long after the request (requests run in parallel).
+    With `delay_s`, each answer comes that long after the request is recorded (requests run in
+    parallel).
     """
 
     def __init__(self, statuses: list[int] | None = None, delay_s: float = 0.0) -> None:
@@ -34,14 +35,14 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if delay_s:
-                    threading.Event().wait(delay_s)
                 with receiver._changed:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.received.append(
                         Received(self.path, dict(self.headers.items()), body, status)
                     )
                     receiver._changed.notify_all()
+                if delay_s:  # recorded on arrival, answered late
+                    threading.Event().wait(delay_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()

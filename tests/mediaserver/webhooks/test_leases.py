@@ -175,6 +175,55 @@ def test_the_rows_of_a_claimer_that_died_go_to_another_when_its_lease_runs_out(t
     run(main)
 
 
+def test_a_worker_process_killed_mid_attempt_has_its_rows_sent_by_another_after_its_lease(
+    tmp_path,
+):
+    path = str(tmp_path / "s.db")
+    script = Path(__file__).with_name("delivery_worker.py")
+    lease_s = 1.0
+
+    async def setup(url):
+        async with await Store.open(path) as store:
+            company = await company_with_webhook(store, url)
+            return company.id, await queue(store, company.id, 3)
+
+    async def heir(company_id):
+        async with await Store.open(path) as store:
+            worker = WebhookWorker(store, FAST, claimer="heir")
+            worker.start()
+            try:
+                return await eventually(lambda: all_delivered(store, company_id, 3))
+            finally:
+                await worker.close()
+
+    # Every answer takes 0.5 s: the victim is killed while its three POSTs wait for theirs.
+    with running_receiver(delay_s=500 * MS) as receiver:
+        company_id, ids = run(lambda: setup(receiver.url))
+        victim = subprocess.Popen(
+            [sys.executable, str(script), path, "victim", str(lease_s), "0.8"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert victim.stdout is not None and victim.stdin is not None
+            assert victim.stdout.readline() == "ready\n"
+            victim.stdin.write("go\n")
+            victim.stdin.flush()
+            receiver.wait_count(3)
+            victim.kill()  # mid-attempt: nothing recorded, the claims held
+        finally:
+            victim.kill()
+            victim.wait()
+        killed_at = time.monotonic()
+        rows = run(lambda: heir(company_id))
+        waited = time.monotonic() - killed_at
+
+    assert waited >= lease_s - 0.5  # the heir waited for the victim's lease to run out
+    assert sorted(event_ids(receiver.received)) == sorted(ids * 2)  # at least once: twice here
+    assert {(d.claimed_by, d.attempts) for d in rows} == {("heir", 1)}
+
+
 def test_a_worker_closed_mid_attempt_hands_its_rows_back_at_once(tmp_path):
     async def main():
         async with await Store.open(str(tmp_path / "s.db")) as store:
