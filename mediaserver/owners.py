@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from actors.messages import CrashReason
 from mediaserver.store import Call, NotFound, Owner, Store, StoreError
-from mediaserver.webhooks import call_ended_body
+from mediaserver.webhook_bodies import call_ended_body
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ claimed by one of them for `webhooks.lease_s`, so no two send it at once, and a 
 claimer's rows go to another when its lease runs out. An attempt cut short by a crash is made
 again, so delivery is at least once; receivers dedupe by the body's `id` (decision 0080).
 
-A call whose process died is ended by another, which queues its `call.ended` in the same
-transaction with a body from `call_ended_body`, the same function `WebhookEvents` uses.
+What each event says is in `webhook_bodies.py`; a call whose process died is ended by another,
+which queues its `call.ended` in the same transaction, with the same `call_ended_body`.
 
 Signature (the scheme Stripe uses): `X-Mediaserver-Signature: t=UNIX,v1=HEX` where HEX is
 HMAC-SHA256 of `t + "." + body` keyed with the company's webhook secret, lowercase hex. `t` is
@@ -27,14 +27,13 @@ import contextlib
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,8 +41,8 @@ import httpx
 
 from config.settings import WebhookSettings
 from mediaserver.metrics import Metrics
-from mediaserver.store import Call, Store, StoreError, TurnRecord, Usage, WebhookDelivery
-from mediaserver.store.reports import CallSummary, Percentiles, summarize_call
+from mediaserver.store import Store, StoreError, WebhookDelivery
+from mediaserver.webhook_bodies import call_ended_body, event_body
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ IDLE_WAKE_S = 30.0  # look at the outbox at least this often, whatever else happ
 STORE_RETRY_S = 1.0
 
 
-# -- the pure part: signatures, backoff, bodies --------------------------------------------------
+# -- the pure part: signatures, backoff --------------------------------------------------------
 
 
 def new_secret() -> str:
@@ -93,83 +92,6 @@ def backoff_s(attempts: int, settings: WebhookSettings) -> float:
     """Delay before the next try after `attempts` failed ones (1, 2, 4... capped)."""
     assert attempts >= 1, attempts
     return float(min(settings.backoff_max_s, settings.backoff_initial_s * 2 ** (attempts - 1)))
-
-
-def event_body(*, event_id: str, event: str, data: dict[str, Any], created_at: float) -> str:
-    """The JSON body of one event; compact, so what is signed is exactly what is sent."""
-    return json.dumps(
-        {"id": event_id, "type": event, "created_at": created_at, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-
-
-def _percentiles(p: Percentiles) -> dict[str, Any]:
-    return {"count": p.count, "p50": p.p50, "p95": p.p95, "max": p.max}
-
-
-def summary_data(summary: CallSummary) -> dict[str, Any]:
-    """A call's summary as JSON-ready values (the webhook's and the API's shape)."""
-    return {
-        "duration_s": summary.duration_s,
-        "turn_count": summary.turns,
-        "user_turns": summary.user_turns,
-        "assistant_turns": summary.assistant_turns,
-        "interruptions": summary.interruptions,
-        "latency_ms": {name: _percentiles(p) for name, p in summary.latency_ms.items()},
-        "usage": {
-            "tokens_in": summary.tokens_in,
-            "tokens_out": summary.tokens_out,
-            "audio_in_s": summary.audio_in_s,
-            "audio_out_s": summary.audio_out_s,
-        },
-    }
-
-
-def call_ended_data(
-    call: Call, turns: Sequence[TurnRecord], usage: Sequence[Usage]
-) -> dict[str, Any]:
-    """The `data` of a `call.ended` event: the call, its summary and its transcript."""
-    return {
-        "call_id": call.id,
-        "agent_id": call.agent_id,
-        "conversation_id": call.conversation_id,
-        "transport": call.transport,
-        "peer_id": call.peer_id,
-        "started_at": call.started_at,
-        "ended_at": call.ended_at,
-        "end_reason": call.end_reason,
-        **summary_data(summarize_call(call, list(turns), list(usage))),
-        "transcript": [
-            {
-                "seq": t.seq,
-                "role": t.role,
-                "text": t.text,
-                "started_at": t.started_at,
-                "ended_at": t.ended_at,
-                "interrupted": t.interrupted,
-            }
-            for t in turns
-        ],
-    }
-
-
-def call_ended_body(
-    call: Call,
-    turns: Sequence[TurnRecord],
-    usage: Sequence[Usage],
-    *,
-    event_id: str,
-    created_at: float,
-) -> str:
-    """The whole `call.ended` body; a `mediaserver.store.CallEndedBody` for the owners' sweep."""
-    return event_body(
-        event_id=event_id,
-        event="call.ended",
-        data=call_ended_data(call, turns, usage),
-        created_at=created_at,
-    )
 
 
 def default_claimer() -> str:

@@ -35,7 +35,7 @@ _OWNER_COLUMNS = "id, node_id, worker_id, host, pid, started_at, last_seen"
 
 
 class CallEndedBody(Protocol):
-    """Builds the JSON body of a `call.ended` webhook (`mediaserver.webhooks.call_ended_body`).
+    """Builds the JSON body of a `call.ended` webhook (`webhook_bodies.call_ended_body`).
 
     Called inside the store's write transaction, on the event loop: it must be pure and quick.
     If it raises, the transaction rolls back and nothing is ended.

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from config.settings import WebhookSettings
 from mediaserver.store import AgentSpec, Store
-from mediaserver.webhooks import WebhookWorker, event_body
+from mediaserver.webhook_bodies import event_body
+from mediaserver.webhooks import WebhookWorker
 from tests.mediaserver.webhooks.receiver import running_receiver
 from tests.timing import MS
 

@@ -11,13 +11,12 @@ import pytest
 from config.settings import WebhookSettings
 from mediaserver.metrics import Metrics
 from mediaserver.store import AgentSpec, NotFound, Store, TurnRecord, Usage
+from mediaserver.webhook_bodies import call_ended_body, event_body
 from mediaserver.webhooks import (
     SIGNATURE_HEADER,
     WebhookEvents,
     WebhookWorker,
     backoff_s,
-    call_ended_body,
-    event_body,
     new_secret,
     signature,
     verify,
