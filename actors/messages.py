@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 if TYPE_CHECKING:
     from actors.agent import AgentConfig
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000  # every inbound audio message is 16 kHz mono PCM16
 Scalar = str | int | float | bool | None
 
+# Why a call ended; the one list (docs/http-api.md, "End reasons", is its table). A live call is
+# ended by its tree or its edge (`HangUp`, `CallEnded`); a crashed one by another process,
+# after the process that owned it died (`mediaserver/owners.py`).
 EndReason = Literal[
     "bye",
     "hangup",
@@ -43,6 +46,10 @@ EndReason = Literal[
     "shutdown",
     "replaced",
 ]
+CrashReason = Literal["worker_crash", "server_crash", "node_lost"]
+LIVE_END_REASONS: tuple[EndReason, ...] = get_args(EndReason)
+CRASH_REASONS: tuple[CrashReason, ...] = get_args(CrashReason)
+END_REASONS: tuple[EndReason | CrashReason, ...] = LIVE_END_REASONS + CRASH_REASONS
 RefusalReason = Literal["shutting_down", "duplicate"]
 
 

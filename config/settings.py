@@ -233,6 +233,18 @@ class WebhookSettings(Section):
         1.0, gt=0, description="Wait after the first failed attempt; doubles after each"
     )
     backoff_max_s: float = Field(300.0, gt=0, description="Longest wait between attempts")
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A claimed delivery stays with its process this long; if the process dies, "
+        "another takes it after. Longer than timeout_s, or a slow attempt is made twice",
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> WebhookSettings:
+        if self.lease_s <= self.timeout_s:
+            raise ValueError("lease_s must be longer than timeout_s")
+        return self
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
@@ -50,6 +51,7 @@ from mediaserver.http.whip import WhipEndpoint
 from mediaserver.lifecycle import Lifecycle
 from mediaserver.metrics import LoopLagProbe, MeteredEngines, Metrics, metrics_routes
 from mediaserver.node.forward import ForwardToOwner, WorkerHeader
+from mediaserver.owners import Ownership
 from mediaserver.signaling.server import signaling_routes
 from mediaserver.startup import announce, bind_socket, check_engines, prepare_store
 from mediaserver.store import Store
@@ -148,8 +150,9 @@ async def run_server(
 ) -> int:
     """Run until SIGTERM (drain) or SIGINT (no drain); return the exit code.
 
-    Alone (`worker` None) this is the whole server: it prepares the store (calls a crashed run
-    left open, the demo tenant), binds `server.host:port` and prints the listening line. As one
+    Alone (`worker` None) this is the whole server: it prepares the store (the calls of a
+    crashed run, the demo tenant), sweeps for dead owners, binds `server.host:port` and prints
+    the listening line. Either way it owns its calls under an owner row it beats. As one
     of a node's workers (`mediaserver.node`) it serves the connections the node hands it, on its
     private socket too, and tells the node when it is ready; the node did the rest.
 
@@ -161,7 +164,8 @@ async def run_server(
         check_engines(settings)
     store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        key = await prepare_store(store) if worker is None else None
+        ownership, key = await _own_calls(store, worker)
+        owner_id = ownership.owner_id
         lifecycle = Lifecycle()
         configure_ice(settings.webrtc)
         catalog = EngineCatalog.from_settings(settings, asyncio.get_running_loop())
@@ -170,9 +174,10 @@ async def run_server(
         gate = LoadGate(settings.limits)
         ledger = LocalLedger(settings.limits) if worker is None else worker.ledger
         debug = debug_server(settings.debug, calls.registry, calls.dispatcher, store, gate=gate)
-        ops = build_operations(settings, store, calls, gate)
+        ops = build_operations(settings, store, calls, gate, claimer=owner_id)
         edge = CallEdge(
             store=store,
+            owner_id=owner_id,
             switchboard=calls.switchboard,
             registry=calls.registry,
             lifecycle=lifecycle,
@@ -186,10 +191,11 @@ async def run_server(
             observers=ops.observers,
         )
         try:
-            if worker is None:
-                sock = bind_socket(settings.server.host, settings.server.port)
-            else:
-                sock = worker.bind_private_socket()
+            sock = (
+                bind_socket(settings.server.host, settings.server.port)
+                if worker is None
+                else worker.bind_private_socket()
+            )
             await debug.start()
             ops.start()
             app = build_http_app(
@@ -208,7 +214,9 @@ async def run_server(
                 if worker is None:
                     announce(out, key, sock, settings)
                 else:
-                    worker.serve(server, registry=calls.registry, gate=gate)
+                    worker.serve(
+                        server, registry=calls.registry, gate=gate, wake_webhooks=ops.webhooks.wake
+                    )
                 await serving
         finally:
             if worker is not None:
@@ -218,10 +226,27 @@ async def run_server(
             await calls.close()
             await debug.close()
             await catalog.aclose()
+            await ownership.close()
         lifecycle.mark_stopped()
         return 0
     finally:
         await store.close()
+
+
+async def _own_calls(store: Store, worker: WorkerLink | None) -> tuple[Ownership, str | None]:
+    """This process's owner row, registered; alone, the store prepared first (and the demo
+    tenant's new key, if the store was empty)."""
+    if worker is None:
+        node_id = uuid.uuid4().hex  # a single process is a node of its own
+        key = await prepare_store(store, node_id=node_id)
+        ownership = Ownership(store, owner_id=uuid.uuid4().hex, node_id=node_id, sweep=True)
+    else:
+        me, key = worker.identity, None
+        ownership = Ownership(
+            store, owner_id=me.owner_id, node_id=me.node_id, worker_id=me.index, sweep=False
+        )
+    await ownership.start()
+    return ownership, key
 
 
 async def _started(server: uvicorn.Server, sock: socket.socket) -> asyncio.Task[None]:
@@ -280,12 +305,15 @@ class Operations:
         await self.dispatch_lag.close()
 
 
-def build_operations(settings: Settings, store: Store, calls: Calls, gate: LoadGate) -> Operations:
-    """Metrics watching the calls' registry, webhooks from `store`, recordings under
-    `recording.dir`, and the loop's and the dispatcher's lag measured for `gate`."""
+def build_operations(
+    settings: Settings, store: Store, calls: Calls, gate: LoadGate, *, claimer: str | None = None
+) -> Operations:
+    """Metrics watching the calls' registry, webhooks from `store` (deliveries claimed as
+    `claimer`, this process's owner id), recordings under `recording.dir`, and the loop's and
+    the dispatcher's lag measured for `gate`."""
     metrics = Metrics()
     metrics.watch(calls.registry)
-    webhooks = WebhookWorker(store, settings.webhooks, metrics=metrics)
+    webhooks = WebhookWorker(store, settings.webhooks, metrics=metrics, claimer=claimer)
     events = WebhookEvents(store, on_queued=webhooks.wake)
     observers = CallObservers(
         metrics=metrics, store=store, recording=settings.recording, webhooks=events

@@ -28,9 +28,9 @@ from mediaserver.admin import fields_view, table
 from mediaserver.debug.protocol import (
     ADMISSION_MODES,
     CRASH_KINDS,
-    END_REASONS,
     LOG_LEVELS,
     MAX_LINE_BYTES,
+    STOP_REASONS,
 )
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     restart.add_argument("actor")
     stop = actions.add_parser("stop", parents=parents, help="hang a call up")
     stop.add_argument("call")
-    stop.add_argument("reason", nargs="?", choices=END_REASONS, default="hangup")
+    stop.add_argument("reason", nargs="?", choices=STOP_REASONS, default="hangup")
     crash = actions.add_parser("crash", parents=parents, help="inject a fault (if enabled)")
     crash.add_argument("actor")
     crash.add_argument("--kind", choices=CRASH_KINDS, default="exception")

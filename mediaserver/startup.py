@@ -13,6 +13,7 @@ from typing import TextIO
 
 from config.settings import Settings
 from mediaserver.errors import StartupError
+from mediaserver.owners import end_dead_owners
 from mediaserver.store import AgentSpec, Store
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,12 @@ def check_engines(settings: Settings) -> None:
     )
 
 
-async def prepare_store(store: Store) -> str | None:
-    """Before the first call: end the calls a crashed run left open, and on an empty store make
+async def prepare_store(store: Store, *, node_id: str) -> str | None:
+    """Before the first call: end the calls of owners a crashed run left dead (`server_crash`,
+    at their last heartbeat, decision 0080; never a live server's), and on an empty store make
     the demo tenant; return its new key (None when the store had a company)."""
-    ended = await store.end_open_calls("server_restart")
-    if ended:
-        logger.warning("= closed %d calls a previous run left open", ended)
+    for ended in await end_dead_owners(store, node_id=node_id, at_start=True):
+        logger.warning("= %s", ended)
     return await ensure_demo_tenant(store)
 
 

@@ -2,13 +2,18 @@
 
     call edge --call_started / call_ended--> WebhookEvents --(a background task)--> store:
     webhook_outbox row (the body, final) --> WebhookWorker (one task on the loop, a few
-    attempts in flight) --POST--> 2xx: delivered | other: retried after a backoff |
-    `webhooks.max_attempts` used up: failed
+    attempts in flight, each row claimed first) --POST--> 2xx: delivered | other: retried
+    after a backoff | `webhooks.max_attempts` used up: failed
 
 Nothing here is on a call's path: the edge only schedules a task, and the worker runs apart
 from calls. A restart loses no queued delivery: the outbox is in the store, and the next
-worker picks the pending rows up (an attempt cut short by the restart is made again, so
-delivery is at least once; receivers dedupe by the body's `id`).
+worker picks the pending rows up. Every process runs a worker on the same outbox; each row is
+claimed by one of them for `webhooks.lease_s`, so no two send it at once, and a dead
+claimer's rows go to another when its lease runs out. An attempt cut short by a crash is made
+again, so delivery is at least once; receivers dedupe by the body's `id` (decision 0080).
+
+What each event says is in `webhook_bodies.py`; a call whose process died is ended by another,
+which queues its `call.ended` in the same transaction, with the same `call_ended_body`.
 
 Signature (the scheme Stripe uses): `X-Mediaserver-Signature: t=UNIX,v1=HEX` where HEX is
 HMAC-SHA256 of `t + "." + body` keyed with the company's webhook secret, lowercase hex. `t` is
@@ -22,9 +27,10 @@ import contextlib
 import functools
 import hashlib
 import hmac
-import json
 import logging
+import os
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -36,7 +42,7 @@ import httpx
 from config.settings import WebhookSettings
 from mediaserver.metrics import Metrics
 from mediaserver.store import Store, StoreError, WebhookDelivery
-from mediaserver.store.reports import CallSummary, Percentiles, summarize_call
+from mediaserver.webhook_bodies import call_ended_body, event_body
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ IDLE_WAKE_S = 30.0  # look at the outbox at least this often, whatever else happ
 STORE_RETRY_S = 1.0
 
 
-# -- the pure part: signatures, backoff, bodies --------------------------------------------------
+# -- the pure part: signatures, backoff --------------------------------------------------------
 
 
 def new_secret() -> str:
@@ -88,36 +94,9 @@ def backoff_s(attempts: int, settings: WebhookSettings) -> float:
     return float(min(settings.backoff_max_s, settings.backoff_initial_s * 2 ** (attempts - 1)))
 
 
-def event_body(*, event_id: str, event: str, data: dict[str, Any], created_at: float) -> str:
-    """The JSON body of one event; compact, so what is signed is exactly what is sent."""
-    return json.dumps(
-        {"id": event_id, "type": event, "created_at": created_at, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-
-
-def _percentiles(p: Percentiles) -> dict[str, Any]:
-    return {"count": p.count, "p50": p.p50, "p95": p.p95, "max": p.max}
-
-
-def summary_data(summary: CallSummary) -> dict[str, Any]:
-    """A call's summary as JSON-ready values (the webhook's and the API's shape)."""
-    return {
-        "duration_s": summary.duration_s,
-        "turn_count": summary.turns,
-        "user_turns": summary.user_turns,
-        "assistant_turns": summary.assistant_turns,
-        "interruptions": summary.interruptions,
-        "latency_ms": {name: _percentiles(p) for name, p in summary.latency_ms.items()},
-        "usage": {
-            "tokens_in": summary.tokens_in,
-            "tokens_out": summary.tokens_out,
-            "audio_in_s": summary.audio_in_s,
-            "audio_out_s": summary.audio_out_s,
-        },
-    }
+def default_claimer() -> str:
+    """A claimer id unique to one worker: host, pid and a random part."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 # -- queueing events -----------------------------------------------------------------------------
@@ -171,35 +150,20 @@ class WebhookEvents:
             return None
         turns = await self._store.list_turns(company_id, call_id)
         usage = await self._store.list_usage(company_id, call_id)
-        data = {
-            "call_id": call.id,
-            "agent_id": call.agent_id,
-            "conversation_id": call.conversation_id,
-            "transport": call.transport,
-            "peer_id": call.peer_id,
-            "started_at": call.started_at,
-            "ended_at": call.ended_at,
-            "end_reason": call.end_reason,
-            **summary_data(summarize_call(call, turns, usage)),
-            "transcript": [
-                {
-                    "seq": t.seq,
-                    "role": t.role,
-                    "text": t.text,
-                    "started_at": t.started_at,
-                    "ended_at": t.ended_at,
-                    "interrupted": t.interrupted,
-                }
-                for t in turns
-            ],
-        }
-        return await self._queue(company_id, call_id, "call.ended", data)
+        event_id = uuid.uuid4().hex
+        body = call_ended_body(call, turns, usage, event_id=event_id, created_at=time.time())
+        return await self._enqueue(company_id, call_id, "call.ended", event_id, body)
 
     async def _queue(
         self, company_id: str, call_id: str, event: str, data: dict[str, Any]
     ) -> WebhookDelivery | None:
         event_id = uuid.uuid4().hex
         body = event_body(event_id=event_id, event=event, data=data, created_at=time.time())
+        return await self._enqueue(company_id, call_id, event, event_id, body)
+
+    async def _enqueue(
+        self, company_id: str, call_id: str, event: str, event_id: str, body: str
+    ) -> WebhookDelivery | None:
         delivery = await self._store.enqueue_webhook(
             company_id, event_id=event_id, event=event, call_id=call_id, body=body
         )
@@ -227,12 +191,14 @@ class WebhookEvents:
 
 
 class WebhookWorker:
-    """Delivers due outbox rows, up to `max_in_flight` at once (loop only).
+    """Claims due outbox rows and delivers them, up to `max_in_flight` at once (loop only).
 
     Args:
+        claimer: who claims the rows in the store; unique per worker and per run (the
+            composition root passes its owner id). By default `default_claimer()`.
         client: the HTTP client (tests pass one with their own transport); by default one is
             made in `start` and closed in `close`.
-        clock: unix time, for `next_attempt_at` and the signature's `t`.
+        clock: unix time, for `next_attempt_at`, leases and the signature's `t`.
     """
 
     def __init__(
@@ -240,6 +206,7 @@ class WebhookWorker:
         store: Store,
         settings: WebhookSettings,
         *,
+        claimer: str | None = None,
         metrics: Metrics | None = None,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
@@ -247,6 +214,7 @@ class WebhookWorker:
     ) -> None:
         self._store = store
         self._settings = settings
+        self.claimer = claimer or default_claimer()
         self._metrics = metrics
         self._client = client
         self._owns_client = client is None
@@ -272,7 +240,7 @@ class WebhookWorker:
         self._wake.set()
 
     async def close(self) -> None:
-        """Stop; attempts in flight are cut short and stay pending for the next start."""
+        """Stop; attempts in flight are cut short, stay pending and are released to others."""
         self._closing = True
         tasks = [t for t in (self._task, *self._in_flight.values()) if t is not None]
         for task in tasks:
@@ -285,9 +253,20 @@ class WebhookWorker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._release()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _release(self) -> None:
+        """Hand the rows still claimed to other workers now, not when the lease runs out."""
+        try:
+            released = await self._store.release_webhooks(self.claimer)
+        except StoreError as exc:
+            logger.warning("= webhook claims left to expire: %s", exc)
+            return
+        if released:
+            logger.info("= %d webhook claims released", released)
 
     async def _run(self) -> None:
         while not self._closing:
@@ -308,15 +287,18 @@ class WebhookWorker:
     async def _dispatch_due(self) -> float:
         """Start attempts for the due rows; return how long to wait for the next one."""
         room = self._max_in_flight - len(self._in_flight)
-        busy = tuple(self._in_flight)
         if room > 0 and not self._closing:
-            for delivery in await self._store.due_webhooks(self._clock(), room, exclude=busy):
+            claimed = await self._store.claim_webhooks(
+                self.claimer, now=self._clock(), limit=room, lease_s=self._settings.lease_s
+            )
+            for delivery in claimed:
                 task = asyncio.get_running_loop().create_task(
                     self._attempt(delivery), name=f"webhook-{delivery.id}"
                 )
                 self._in_flight[delivery.id] = task
                 task.add_done_callback(functools.partial(self._done, delivery.id))
-        next_at = await self._store.next_webhook_due_at(exclude=tuple(self._in_flight))
+        # Our own rows in flight count from their lease's end: `_done` wakes us before that.
+        next_at = await self._store.next_webhook_due_at()
         if next_at is None or len(self._in_flight) >= self._max_in_flight:
             return IDLE_WAKE_S
         return min(IDLE_WAKE_S, max(0.0, next_at - self._clock()))
@@ -330,18 +312,31 @@ class WebhookWorker:
         secret = await self._store.webhook_secret(delivery.company_id)
         attempts = delivery.attempts + 1
         error = "the webhook was removed" if secret is None else await self._post(delivery, secret)
+        retry_at: float | None = None
         if error is None:
             outcome = "delivered"
-            await self._store.record_webhook_attempt(delivery.id, delivered=True)
         elif secret is None or attempts >= self._settings.max_attempts:
             outcome = "failed"
-            await self._store.record_webhook_attempt(delivery.id, delivered=False, error=error)
         else:
             outcome = "retry"
             retry_at = self._clock() + backoff_s(attempts, self._settings)
-            await self._store.record_webhook_attempt(
-                delivery.id, delivered=False, error=error, retry_at=retry_at
+        recorded = await self._store.record_webhook_attempt(
+            delivery.id,
+            claimer=self.claimer,
+            delivered=error is None,
+            error=error,
+            retry_at=retry_at,
+        )
+        if not recorded:
+            # Our lease ran out mid-attempt and another worker claimed the row: its attempt
+            # is the one that counts (the receiver may see this event twice).
+            logger.warning(
+                "> webhook %s #%d to %s: claim lost to another worker, attempt not counted",
+                delivery.event,
+                delivery.id,
+                host,
             )
+            return
         log = logger.info if outcome == "delivered" else logger.warning
         log(
             "> webhook %s #%d to %s, attempt %d: %s",

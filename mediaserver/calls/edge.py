@@ -148,6 +148,7 @@ class CallEdge:
     """The calls of this server, for every transport. Loop only.
 
     Args:
+        owner_id: this process's owner row (decision 0080): every call is stamped with it.
         outbound_audio_ms: bot audio a call's outbox holds before dropping the oldest (the
             transport has its own, larger, real-time queue behind it).
         ledger: who holds which call slot, and the per-minute windows (a `LocalLedger` over
@@ -164,6 +165,7 @@ class CallEdge:
         self,
         *,
         store: Store,
+        owner_id: str | None = None,
         switchboard: ActorRef[Any],
         registry: CallRegistry,
         lifecycle: Lifecycle,
@@ -178,6 +180,7 @@ class CallEdge:
         observers: CallObservers | None = None,
     ) -> None:
         self._store = store
+        self._owner_id = owner_id
         self._switchboard = switchboard
         self._registry = registry
         self._lifecycle = lifecycle
@@ -350,6 +353,7 @@ class CallEdge:
                 agent_id=agent.id,
                 transport=transport_name,
                 peer_id=peer_id,
+                owner_id=self._owner_id,
             )
         except (StoreError, asyncio.CancelledError) as exc:
             call.abort()

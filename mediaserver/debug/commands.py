@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
@@ -143,6 +144,7 @@ class DebugCommands:
             "cpu_pct": round(monitor.cpu_pct, 1),
             "loop_lag_ms": {"last": _round(monitor.lag_ms), "max_10s": _round(monitor.lag_max_ms)},
             "uptime_s": round(time.monotonic() - monitor.started_at, 1),
+            "pid": os.getpid(),
             "admission": self._gate.state().as_json() if self._gate is not None else None,
             "debug": {
                 "watchers": len(watchers),

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from actors.messages import LIVE_END_REASONS
 from mediaserver.errors import EdgeError, ProtocolViolation
 
 PROTOCOL_VERSION = 1
@@ -46,16 +47,7 @@ MAX_WORKERS = 256  # server.workers allows at most 256
 
 ACTOR_KINDS = ("supervisor", "session", "ingest", "transcriber", "responder")
 CHILD_KINDS = ACTOR_KINDS[1:]
-END_REASONS = (
-    "bye",
-    "hangup",
-    "ice_failed",
-    "max_duration",
-    "idle",
-    "escalated",
-    "shutdown",
-    "replaced",
-)
+STOP_REASONS = LIVE_END_REASONS  # `stop` hangs up a live call; crash reasons are not for it
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NOTSET")
 CRASH_KINDS = ("exception", "system_exit", "hang")
 ADMISSION_MODES = ("auto", "on", "off")
@@ -155,7 +147,7 @@ COMMANDS: dict[str, CommandSpec] = {
             name="stop",
             args=(
                 Arg(name="call", type=str, required=True),
-                Arg(name="reason", type=str, choices=END_REASONS),
+                Arg(name="reason", type=str, choices=STOP_REASONS),
             ),
             summary="hang a call up",
         ),

@@ -44,8 +44,10 @@ from mediaserver.node.debug_proxy import DebugProxy
 from mediaserver.node.ledger import LedgerService
 from mediaserver.node.run_dir import private_debug_path
 from mediaserver.node.worker import WorkerIdentity, start_message
+from mediaserver.owners import DeadOwnerSweep
 from mediaserver.startup import announce, bind_socket, check_engines, prepare_store
-from mediaserver.store import Store
+from mediaserver.store import NotFound, Store, StoreError
+from mediaserver.webhook_bodies import call_ended_body
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,11 @@ class Node:
         self._all_exited = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self._sweep = DeadOwnerSweep(
+            store,
+            node_id=self.node_id,
+            alive=lambda: [w.owner_id for w in self.workers if w.process is not None],
+        )
 
     @property
     def run_dir(self) -> str:
@@ -156,6 +163,7 @@ class Node:
         if self._stopping is not None:
             return False
         self._listening = True
+        self._sweep.start()
         self._resume_accepting()
         return True
 
@@ -186,6 +194,7 @@ class Node:
 
     async def close(self) -> None:
         """After `run`: release the socket, the channels and the run folder."""
+        await self._sweep.close()
         self._pause_accepting()
         for worker in self.workers:
             if worker.channel is not None:
@@ -247,6 +256,7 @@ class Node:
             worker.channel.close()
             worker.channel = None
         freed = self.ledger.state.free_holder(str(worker.index))
+        await self._end_calls_of(worker)
         self._changed.set()
         self._host_changed()
         how = describe_exit(code)
@@ -268,6 +278,28 @@ class Node:
             )
             return
         await self._spawn(worker)
+
+    async def _end_calls_of(self, worker: WorkerProcess) -> None:
+        """End a dead worker's open calls `worker_crash` at its last heartbeat, with their
+        `call.ended` webhooks (one store transaction, decision 0080); then the live workers
+        look at the webhook outbox at once. A worker that exited cleanly retired its row and
+        ended its own calls: nothing is left to do."""
+        try:
+            ended = await self._store.end_owner_calls(
+                worker.owner_id, "worker_crash", call_ended_body=call_ended_body
+            )
+        except NotFound:
+            return
+        except StoreError as exc:  # the sweep finds the dead owner again
+            logger.error("= worker %d's calls not ended yet: %s", worker.index, exc)
+            return
+        if ended:
+            logger.warning(
+                "= worker %d: %d calls ended worker_crash at its last heartbeat",
+                worker.index,
+                len(ended),
+            )
+            self._broadcast({"t": "webhooks"})
 
     def _over_intensity(self) -> bool:
         now = time.monotonic()
@@ -339,10 +371,14 @@ class Node:
             "workers_up": len(up),
             "restarts": self._restart_count,
         }
-        for worker in up:
-            if worker.channel is not None:
+        self._broadcast(host)
+
+    def _broadcast(self, message: Message) -> None:
+        """Send `message` to every ready worker."""
+        for worker in self.workers:
+            if worker.ready and worker.channel is not None:
                 with contextlib.suppress(ControlError):
-                    worker.channel.send(host)
+                    worker.channel.send(message)
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -415,7 +451,7 @@ async def run_node(settings: Settings, *, workers: int, out: TextIO | None = Non
             # First: a second node started on the same settings stops here, before it ends the
             # running node's calls in the store as if a crash had left them open.
             await debug.start()
-            key = await prepare_store(store)
+            key = await prepare_store(store, node_id=node.node_id)
             listener = bind_socket(settings.server.host, settings.server.port)
             try:
                 with _signals_passed(node):

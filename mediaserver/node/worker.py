@@ -126,6 +126,7 @@ class WorkerLink:
         self.ledger = NodeLedger(lambda: self.channel)
         self._registry: CallRegistry | None = None
         self._gate: LoadGate | None = None
+        self._wake_webhooks: Callable[[], None] | None = None
         self._sock = sock
         self._channel: ControlChannel | None = None
         self._server: uvicorn.Server | None = None
@@ -186,14 +187,23 @@ class WorkerLink:
         sock.setblocking(False)
         return sock
 
-    def serve(self, server: uvicorn.Server, *, registry: CallRegistry, gate: LoadGate) -> None:
+    def serve(
+        self,
+        server: uvicorn.Server,
+        *,
+        registry: CallRegistry,
+        gate: LoadGate,
+        wake_webhooks: Callable[[], None],
+    ) -> None:
         """Serve handed-off connections with `server` (started); tell the node we are ready.
 
         From then on the node hears our live calls and whether our gate admits, every second
-        and at once when the gate opens or closes (the node places connections by them).
+        and at once when the gate opens or closes (the node places connections by them); and
+        `wake_webhooks` runs when the node has queued webhook deliveries.
         """
         self._server = server
         self._registry, self._gate = registry, gate
+        self._wake_webhooks = wake_webhooks
         gate.subscribe(lambda _: self.report_now())
         self.channel.send({"t": "ready", "pid": os.getpid(), **self._status()})
         self._reporter = asyncio.get_running_loop().create_task(self._report(), name="report")
@@ -230,6 +240,9 @@ class WorkerLink:
                 self._accept(sockets[0])
             case "host":
                 self.host = {k: v for k, v in message.items() if k != "t"}
+            case "webhooks":  # the node queued deliveries (a dead worker's calls)
+                if self._wake_webhooks is not None:
+                    self._wake_webhooks()
             case kind:
                 logger.warning(
                     "= unexpected control message %r with %d sockets", kind, len(sockets)

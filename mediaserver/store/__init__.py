@@ -1,7 +1,7 @@
 """The tenant store: companies, their API keys, agents and phone numbers, and call records.
 
 One SQLite file in WAL mode, opened with `Store.open`, migrated forward at open
-(`migrations.py`: v1 tenants, v2 calls, v3 webhooks). Schema, by owner:
+(`migrations.py`: v1 tenants, v2 calls, v3 webhooks, v4 owners). Schema, by owner:
 
     companies ─┬─ api_keys        only SHA-256 of the secret + a public 8-char prefix
                ├─ agents ─── phone_numbers   (company_id, agent_id) -> agents: same company
@@ -9,7 +9,9 @@ One SQLite file in WAL mode, opened with `Store.open`, migrated forward at open
                │                           ├─ turns
                │                           └─ usage
                ├─ webhooks        one URL + signing secret
-               └─ webhook_outbox  durable deliveries (pending, delivered, failed)
+               └─ webhook_outbox  durable deliveries (pending, delivered, failed), each
+                                  claimed by one process at a time (a lease)
+    owners                        processes that own calls (no company); calls.owner_id
 
 Isolation rule: every tenant-facing query carries `company_id` in its WHERE clause, and child
 tables hold `company_id` with a composite foreign key to their parent, so a row of one company can
@@ -39,6 +41,7 @@ from mediaserver.store.models import (
     Conversation,
     DayUsage,
     FaqRule,
+    Owner,
     PhoneNumber,
     Transport,
     TurnRecord,
@@ -48,6 +51,7 @@ from mediaserver.store.models import (
     Webhook,
     WebhookDelivery,
 )
+from mediaserver.store.owners import CallEndedBody
 from mediaserver.store.reports import CallFilter, CallPage, CallSummary, Percentiles
 from mediaserver.store.store import Store
 from mediaserver.store.validation import (
@@ -69,6 +73,7 @@ __all__ = [
     "AgentSpec",
     "ApiKey",
     "Call",
+    "CallEndedBody",
     "CallEvent",
     "CallFilter",
     "CallPage",
@@ -81,6 +86,7 @@ __all__ = [
     "FaqRule",
     "InvalidValue",
     "NotFound",
+    "Owner",
     "Percentiles",
     "PhoneNumber",
     "SchemaTooNew",

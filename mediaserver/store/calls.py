@@ -32,9 +32,9 @@ from mediaserver.store.validation import (
 
 logger = logging.getLogger(__name__)
 
-_CALL_COLUMNS = (
+CALL_COLUMNS = (
     "id, company_id, conversation_id, agent_id, transport, peer_id,"
-    " started_at, ended_at, end_reason, recording_path"
+    " started_at, ended_at, end_reason, recording_path, owner_id"
 )
 _TURN_COLUMNS = (
     "seq, role, text, started_at, ended_at, interrupted,"
@@ -53,17 +53,17 @@ def _conversation(row: sqlite3.Row) -> Conversation:
     )
 
 
-def _call(row: sqlite3.Row) -> Call:
+def call_from_row(row: sqlite3.Row) -> Call:
     return Call(**dict(row))
 
 
 async def _fetch_call(session: Session, company_id: str, call_id: str) -> Call:
     row = await session.fetchone(
-        f"SELECT {_CALL_COLUMNS} FROM calls WHERE company_id = ? AND id = ?", (company_id, call_id)
+        f"SELECT {CALL_COLUMNS} FROM calls WHERE company_id = ? AND id = ?", (company_id, call_id)
     )
     if row is None:
         raise NotFound(f"call {call_id!r}")
-    return _call(row)
+    return call_from_row(row)
 
 
 async def create_conversation(
@@ -104,6 +104,7 @@ async def start_call(
     agent_id: str,
     transport: str,
     peer_id: str,
+    owner_id: str | None,
 ) -> Call:
     check_choice("transport", transport, TRANSPORTS)
     call_id = uuid.uuid4().hex if call_id is None else check_name("call_id", call_id)
@@ -115,11 +116,26 @@ async def start_call(
             (company_id, conversation_id),
         ):
             raise NotFound(f"conversation {conversation_id!r}")
+        # Checked in the same transaction that deletes a dead owner's row with its open calls,
+        # so every open call with an owner has that owner's row: none is ever orphaned.
+        if owner_id is not None and not await tx.fetchone(
+            "SELECT 1 FROM owners WHERE id = ?", (owner_id,)
+        ):
+            raise NotFound(f"owner {owner_id!r}")
         # A duplicate call id raises Conflict through the primary key.
         await tx.execute(
             "INSERT INTO calls (id, company_id, conversation_id, agent_id, transport, peer_id,"
-            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (call_id, company_id, conversation_id, agent_id, transport, peer_id, time.time()),
+            " started_at, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                call_id,
+                company_id,
+                conversation_id,
+                agent_id,
+                transport,
+                peer_id,
+                time.time(),
+                owner_id,
+            ),
         )
         call = await _fetch_call(tx, company_id, call_id)
     logger.info(
@@ -157,23 +173,11 @@ async def set_call_recording(db: Database, company_id: str, call_id: str, path: 
         return await _fetch_call(tx, company_id, call_id)
 
 
-async def end_open_calls(db: Database, reason: str) -> int:
-    reason = check_name("reason", reason)
-    async with db.transaction() as tx:
-        count = await tx.execute(
-            "UPDATE calls SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL",
-            (time.time(), reason),
-        )
-    if count:
-        logger.warning("= ended %d calls left open: %s", count, reason)
-    return count
-
-
 async def get_call(db: Database, company_id: str, call_id: str) -> Call | None:
     row = await db.fetchone(
-        f"SELECT {_CALL_COLUMNS} FROM calls WHERE company_id = ? AND id = ?", (company_id, call_id)
+        f"SELECT {CALL_COLUMNS} FROM calls WHERE company_id = ? AND id = ?", (company_id, call_id)
     )
-    return None if row is None else _call(row)
+    return None if row is None else call_from_row(row)
 
 
 async def list_calls(
@@ -199,11 +203,11 @@ async def list_calls(
         where.append("agent_id = ?")
         params.append(agent_id)
     rows = await db.fetchall(
-        f"SELECT {_CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)}"
+        f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)}"
         " ORDER BY started_at DESC, rowid DESC LIMIT ? OFFSET ?",
         (*params, limit, offset),
     )
-    return [_call(row) for row in rows]
+    return [call_from_row(row) for row in rows]
 
 
 async def add_call_events(
@@ -301,22 +305,31 @@ async def list_events(db: Database, company_id: str, call_id: str) -> list[CallE
     return [CallEvent(kind=r["kind"], data=json.loads(r["data"]), at=r["at"]) for r in rows]
 
 
+_TURNS_SQL = f"SELECT {_TURN_COLUMNS} FROM turns WHERE company_id = ? AND call_id = ? ORDER BY seq"
+_USAGE_SQL = (
+    "SELECT provider, tokens_in, tokens_out, audio_in_s, audio_out_s FROM usage"
+    " WHERE company_id = ? AND call_id = ? ORDER BY id"
+)
+
+
+def _turn(row: sqlite3.Row) -> TurnRecord:
+    return TurnRecord(**{**dict(row), "interrupted": bool(row["interrupted"])})
+
+
+async def read_turns(session: Session, company_id: str, call_id: str) -> list[TurnRecord]:
+    """A call's turns in `seq` order, inside the caller's transaction."""
+    return [_turn(row) for row in await session.fetchall(_TURNS_SQL, (company_id, call_id))]
+
+
+async def read_usage(session: Session, company_id: str, call_id: str) -> list[Usage]:
+    """A call's usage rows in the order written, inside the caller's transaction."""
+    rows = await session.fetchall(_USAGE_SQL, (company_id, call_id))
+    return [Usage(**dict(row)) for row in rows]
+
+
 async def list_turns(db: Database, company_id: str, call_id: str) -> list[TurnRecord]:
-    rows = await _call_rows(
-        db,
-        company_id,
-        call_id,
-        f"SELECT {_TURN_COLUMNS} FROM turns WHERE company_id = ? AND call_id = ? ORDER BY seq",
-    )
-    return [TurnRecord(**{**dict(row), "interrupted": bool(row["interrupted"])}) for row in rows]
+    return [_turn(row) for row in await _call_rows(db, company_id, call_id, _TURNS_SQL)]
 
 
 async def list_usage(db: Database, company_id: str, call_id: str) -> list[Usage]:
-    rows = await _call_rows(
-        db,
-        company_id,
-        call_id,
-        "SELECT provider, tokens_in, tokens_out, audio_in_s, audio_out_s FROM usage"
-        " WHERE company_id = ? AND call_id = ? ORDER BY id",
-    )
-    return [Usage(**dict(row)) for row in rows]
+    return [Usage(**dict(row)) for row in await _call_rows(db, company_id, call_id, _USAGE_SQL)]

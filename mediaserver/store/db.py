@@ -6,6 +6,9 @@ a read snapshot they then try to upgrade (that fails at once with SQLITE_BUSY, b
 not). An `asyncio.Lock` keeps the coroutines sharing this connection out of each other's
 transactions; a plain read takes the same lock, so it never sees another coroutine's uncommitted
 rows.
+
+Switching a file to WAL is the one step that can meet SQLITE_BUSY without the busy handler
+(`_switch_to_wal` says why and retries it); WAL mode then persists in the file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -39,6 +43,45 @@ def translate_errors() -> Iterator[None]:
         raise StoreError(f"sqlite: {exc}") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"sqlite: {exc}") from exc
+
+
+# Waits between tries of the WAL switch: short, as the other connection's switch is one small
+# write; capped like SQLite's own busy handler (sqliteDefaultBusyCallback).
+_WAL_RETRY_FIRST_S = 0.001
+_WAL_RETRY_MAX_S = 0.05
+
+
+async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> str | None:
+    """`PRAGMA journal_mode = WAL`, tried again on SQLITE_BUSY until the busy timeout.
+
+    On a file still in rollback-journal mode (every new file), the switch reads the header under
+    a shared lock and then upgrades to a write lock to set it. When another connection already
+    holds or wants that write lock (it is switching the same file), SQLite returns SQLITE_BUSY
+    at once instead of calling the busy handler, because waiting while holding the shared lock
+    could deadlock (https://www.sqlite.org/c3ref/busy_handler.html). The statement then ends
+    and lets its shared lock go, so trying again succeeds once the other switch commits. A
+    file already in WAL needs no write and never gets here twice.
+
+    Returns:
+        The journal mode SQLite reports after the switch ("wal", or "memory" for ":memory:").
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay, tries = _WAL_RETRY_FIRST_S, 1
+    while True:
+        try:
+            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay, tries = min(delay * 2, _WAL_RETRY_MAX_S), tries + 1
+            continue
+        if tries > 1:
+            logger.debug("= switched to WAL after %d tries", tries)
+        return None if row is None else str(row[0])
 
 
 class Session:
@@ -82,9 +125,7 @@ class Database:
                 conn.row_factory = sqlite3.Row
                 # The busy timeout goes first: switching to WAL needs the lock too.
                 await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
-                    row = await cursor.fetchone()
-                mode = row[0] if row else None
+                mode = await _switch_to_wal(conn, busy_timeout_ms)
                 if mode != "wal" and path != ":memory:":
                     raise StoreError(f"{path}: could not switch to WAL journal mode (got {mode})")
                 await conn.execute("PRAGMA foreign_keys = ON")

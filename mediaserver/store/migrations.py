@@ -194,7 +194,34 @@ _WEBHOOKS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_TENANTS, _CALLS, _WEBHOOKS)
+_OWNERS = Migration(
+    version=4,
+    name="owners",
+    statements=(
+        # A process that owns calls; its row is its heartbeat. The id is the owner's own choice.
+        """CREATE TABLE owners (
+            id TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            worker_id INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )""",
+        # No foreign key: a dead owner's row goes, its calls keep its id as history. NULL for
+        # calls written before v4.
+        "ALTER TABLE calls ADD COLUMN owner_id TEXT",
+        "CREATE INDEX calls_open_by_owner ON calls (owner_id) WHERE ended_at IS NULL",
+        # The lease: claimed_by holds (or last held) the delivery; claim_expires_at is NULL
+        # while nobody holds it.
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE webhook_outbox ADD COLUMN claim_expires_at REAL",
+        "CREATE INDEX webhook_outbox_claims ON webhook_outbox (claimed_by)"
+        " WHERE claim_expires_at IS NOT NULL",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_TENANTS, _CALLS, _WEBHOOKS, _OWNERS)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -143,8 +143,9 @@ class Call:
     peer_id: str
     started_at: float
     ended_at: float | None
-    end_reason: str | None
+    end_reason: str | None  # one of `actors.messages.END_REASONS`
     recording_path: str | None
+    owner_id: str | None = None  # the process that ran it; None for calls from before v4
 
     @property
     def active(self) -> bool:
@@ -218,12 +219,31 @@ class WebhookDelivery:
     last_error: str | None
     delivered_at: float | None
     failed_at: float | None
+    claimed_by: str | None = None  # who holds the delivery's claim, or held the last one
+    claim_expires_at: float | None = None  # None: nobody holds it now
 
     @property
     def state(self) -> WebhookState:
         if self.delivered_at is not None:
             return "delivered"
         return "failed" if self.failed_at is not None else "pending"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Owner:
+    """A process that owns calls: a worker of a node, or a whole single-process server.
+
+    The row lives while the process does: it writes `last_seen` every second, and whoever finds
+    it dead ends its open calls and deletes the row in one transaction (decision 0080).
+    """
+
+    id: str  # chosen by the process, unique per run
+    node_id: str  # the node that started it; a single-process server is its own node
+    worker_id: int  # 0 for a single-process server
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

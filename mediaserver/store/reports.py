@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mediaserver.store.calls import CALL_COLUMNS
 from mediaserver.store.db import Database
 from mediaserver.store.errors import InvalidValue, NotFound
 from mediaserver.store.models import (
@@ -27,10 +28,6 @@ from mediaserver.store.models import (
 )
 from mediaserver.store.validation import check_choice, check_count
 
-_CALL_COLUMNS = (
-    "id, company_id, conversation_id, agent_id, transport, peer_id,"
-    " started_at, ended_at, end_reason, recording_path"
-)
 _TURN_FIELDS = (
     "seq",
     "role",
@@ -167,7 +164,7 @@ async def search_calls(
     async with db.read() as session:
         total = await session.fetchone(f"SELECT COUNT(*) FROM calls WHERE {condition}", params)
         rows = await session.fetchall(
-            f"SELECT {_CALL_COLUMNS} FROM calls WHERE {condition}"
+            f"SELECT {CALL_COLUMNS} FROM calls WHERE {condition}"
             " ORDER BY started_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Unpack
 
-from mediaserver.store import agents, calls, reports, tenants, webhooks
+from actors.messages import CrashReason
+from mediaserver.store import agents, calls, owners, reports, tenants, webhooks
 from mediaserver.store.db import Database
 from mediaserver.store.migrations import migrate
 from mediaserver.store.models import (
@@ -21,12 +22,14 @@ from mediaserver.store.models import (
     Company,
     Conversation,
     DayUsage,
+    Owner,
     PhoneNumber,
     TurnRecord,
     Usage,
     Webhook,
     WebhookDelivery,
 )
+from mediaserver.store.owners import CallEndedBody
 from mediaserver.store.reports import CallFilter, CallPage
 
 
@@ -35,9 +38,9 @@ class Store:
 
     Tenant methods take `company_id` first and see only that company's rows: `get_*` returns None
     and a change raises `NotFound` for another company's id. The unscoped methods are the ones a
-    tenant can never reach: companies, `authenticate*`, `route_number`, `end_open_calls` and
-    `admin_list_calls`. Safe to share between coroutines on one loop; other processes (the CLI)
-    may open the same file at the same time.
+    tenant can never reach: companies, `authenticate*`, `route_number`, the owners and their
+    calls, the webhook worker's claims and `admin_list_calls`. Safe to share between coroutines
+    on one loop; other processes (the CLI, the other workers) may open the same file at once.
     """
 
     def __init__(self, db: Database) -> None:
@@ -173,8 +176,14 @@ class Store:
         agent_id: str,
         transport: str,
         peer_id: str,
+        owner_id: str | None = None,
     ) -> Call:
-        """Record a new call; a fresh id is made when `call_id` is None."""
+        """Record a new call; a fresh id is made when `call_id` is None.
+
+        Raises:
+            NotFound: the agent, the conversation or the owner does not exist (an owner found
+                dead has no row: its process must register again before it starts calls).
+        """
         return await calls.start_call(
             self._db,
             company_id,
@@ -183,6 +192,7 @@ class Store:
             agent_id=agent_id,
             transport=transport,
             peer_id=peer_id,
+            owner_id=owner_id,
         )
 
     async def end_call(self, company_id: str, call_id: str, reason: str) -> Call:
@@ -191,10 +201,6 @@ class Store:
 
     async def set_call_recording(self, company_id: str, call_id: str, path: str) -> Call:
         return await calls.set_call_recording(self._db, company_id, call_id, path)
-
-    async def end_open_calls(self, reason: str) -> int:
-        """At start-up, end every call a crashed server left open; return how many."""
-        return await calls.end_open_calls(self._db, reason)
 
     async def get_call(self, company_id: str, call_id: str) -> Call | None:
         return await calls.get_call(self._db, company_id, call_id)
@@ -254,6 +260,51 @@ class Store:
     async def list_usage(self, company_id: str, call_id: str) -> list[Usage]:
         return await calls.list_usage(self._db, company_id, call_id)
 
+    # Owners: the processes that own calls, and the calls of dead ones (decision 0080)
+
+    async def register_owner(
+        self, owner_id: str, *, node_id: str, worker_id: int, host: str, pid: int
+    ) -> Owner:
+        """Add this process's owner row before it starts calls; `Conflict` if the id is taken."""
+        return await owners.register_owner(
+            self._db, owner_id, node_id=node_id, worker_id=worker_id, host=host, pid=pid
+        )
+
+    async def heartbeat(self, owner_id: str) -> bool:
+        """Set `last_seen` to now; False when the row is gone (another process found it dead)."""
+        return await owners.heartbeat(self._db, owner_id)
+
+    async def list_owners(self) -> list[Owner]:
+        return await owners.list_owners(self._db)
+
+    async def retire_owner(self, owner_id: str, *, call_ended_body: CallEndedBody) -> list[Call]:
+        """A clean exit: its calls still open end `shutdown` now, with webhooks; the row goes."""
+        return await owners.retire_owner(self._db, owner_id, call_ended_body=call_ended_body)
+
+    async def end_owner_calls(
+        self,
+        owner_id: str,
+        reason: CrashReason,
+        *,
+        call_ended_body: CallEndedBody,
+        if_last_seen: float | None = None,
+    ) -> list[Call]:
+        """End a dead owner's open calls at its last_seen, with webhooks; delete its row.
+
+        One transaction. `NotFound` when the owner is gone, or has beaten since `if_last_seen`.
+        """
+        return await owners.end_owner_calls(
+            self._db,
+            owner_id,
+            reason,
+            call_ended_body=call_ended_body,
+            if_last_seen=if_last_seen,
+        )
+
+    async def end_unowned_calls(self, *, call_ended_body: CallEndedBody) -> list[Call]:
+        """At start only: open calls from before owners (v4) end `server_crash` now."""
+        return await owners.end_unowned_calls(self._db, call_ended_body=call_ended_body)
+
     # Reports (read-only, tenant-scoped)
 
     async def search_calls(
@@ -293,15 +344,24 @@ class Store:
             self._db, company_id, event_id=event_id, event=event, call_id=call_id, body=body
         )
 
-    async def due_webhooks(
-        self, now: float, limit: int = 50, *, exclude: Collection[int] = ()
+    async def claim_webhooks(
+        self, claimer: str, *, now: float, limit: int, lease_s: float
     ) -> list[WebhookDelivery]:
-        """Every company's pending deliveries due at `now` but not in `exclude` (worker only)."""
-        return await webhooks.due_webhooks(self._db, now, limit, exclude=exclude)
+        """Claim up to `limit` due deliveries, of every company, until `now + lease_s`.
 
-    async def next_webhook_due_at(self, *, exclude: Collection[int] = ()) -> float | None:
-        """When the next pending delivery not in `exclude` is due (unix seconds), or None."""
-        return await webhooks.next_webhook_due_at(self._db, exclude=exclude)
+        No other claimer gets them until `claimer` records its attempt or the lease runs out.
+        """
+        return await webhooks.claim_webhooks(
+            self._db, claimer, now=now, limit=limit, lease_s=lease_s
+        )
+
+    async def release_webhooks(self, claimer: str) -> int:
+        """Give up every claim `claimer` holds, counting no attempt; return how many."""
+        return await webhooks.release_webhooks(self._db, claimer)
+
+    async def next_webhook_due_at(self) -> float | None:
+        """When a pending delivery can next be claimed (unix seconds), or None."""
+        return await webhooks.next_webhook_due_at(self._db)
 
     async def webhook_secret(self, company_id: str) -> str | None:
         return await webhooks.webhook_secret(self._db, company_id)
@@ -310,13 +370,22 @@ class Store:
         self,
         delivery_id: int,
         *,
+        claimer: str,
         delivered: bool,
         error: str | None = None,
         retry_at: float | None = None,
-    ) -> None:
-        """Count an attempt: delivered, to be retried at `retry_at`, or failed for good."""
-        await webhooks.record_webhook_attempt(
-            self._db, delivery_id, delivered=delivered, error=error, retry_at=retry_at
+    ) -> bool:
+        """Count an attempt: delivered, to be retried at `retry_at`, or failed for good.
+
+        Ends `claimer`'s claim. False, and nothing written, when it no longer holds it.
+        """
+        return await webhooks.record_webhook_attempt(
+            self._db,
+            delivery_id,
+            claimer=claimer,
+            delivered=delivered,
+            error=error,
+            retry_at=retry_at,
         )
 
     async def list_webhook_deliveries(

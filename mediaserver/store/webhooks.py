@@ -7,9 +7,12 @@ A delivery is a row from the moment it is queued until long after its last attem
         (failure) v  | next_attempt_at = now + backoff
                pending --(attempts exhausted)--> failed
 
-The worker (`mediaserver.webhooks`) asks for the rows that are due, tries each one, and records
-the outcome. A crash between an attempt and its record means the attempt is made again: delivery
-is at least once, and receivers dedupe by `event_id`.
+Each attempt is made by exactly one process. A worker (`mediaserver.webhooks`) claims due rows
+for itself with a lease (`claim_webhooks`), tries each one, and records the outcome, which also
+ends the claim (`record_webhook_attempt`). A claimer that dies never records: its lease runs out
+and another claims the row. So an attempt is made again after a crash between the attempt and
+its record, or when a claimer stalls past its lease: delivery is at least once, and receivers
+dedupe by `event_id` (decision 0080).
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Collection
 from urllib.parse import urlsplit
 
-from mediaserver.store.db import Database
+from mediaserver.store.db import Database, Session
 from mediaserver.store.errors import InvalidValue, NotFound
 from mediaserver.store.models import Webhook, WebhookDelivery
 from mediaserver.store.tenants import require_company
@@ -30,9 +32,14 @@ logger = logging.getLogger(__name__)
 
 _DELIVERY_COLUMNS = (
     "id, event_id, company_id, event, call_id, url, body, created_at, attempts,"
-    " next_attempt_at, last_error, delivered_at, failed_at"
+    " next_attempt_at, last_error, delivered_at, failed_at, claimed_by, claim_expires_at"
 )
 _PENDING = "delivered_at IS NULL AND failed_at IS NULL"
+# A row a claimer may take at `now` (both parameters): pending, due, and held by nobody (never
+# claimed, released, or its lease ran out).
+_CLAIMABLE = (
+    f"{_PENDING} AND next_attempt_at <= ? AND (claim_expires_at IS NULL OR claim_expires_at <= ?)"
+)
 MAX_URL_LENGTH = 2048
 MIN_SECRET_LENGTH = 16
 
@@ -101,46 +108,84 @@ async def enqueue_webhook(
     """
     check_name("event_id", event_id)
     check_name("event", event)
-    now = time.time()
     async with db.transaction() as tx:
-        hook = await tx.fetchone("SELECT url FROM webhooks WHERE company_id = ?", (company_id,))
-        if hook is None:
-            return None
-        cursor_id = await tx.fetchone(
-            "INSERT INTO webhook_outbox (event_id, company_id, event, call_id, url, body,"
-            " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (event_id, company_id, event, call_id, hook["url"], body, now, now),
+        delivery_id = await queue_delivery(
+            tx, company_id, event_id=event_id, event=event, call_id=call_id, body=body
         )
-        assert cursor_id is not None
+        if delivery_id is None:
+            return None
         row = await tx.fetchone(
-            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_outbox WHERE id = ?", (cursor_id[0],)
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_outbox WHERE id = ?", (delivery_id,)
         )
     assert row is not None
     return _delivery(row)
 
 
-def _not_in(ids: Collection[int]) -> str:
-    assert all(isinstance(i, int) for i in ids)
-    return f" AND id NOT IN ({', '.join(str(int(i)) for i in ids)})" if ids else ""
-
-
-async def due_webhooks(
-    db: Database, now: float, limit: int, *, exclude: Collection[int] = ()
-) -> list[WebhookDelivery]:
-    """Pending deliveries due at `now` but not in `exclude` (being tried), oldest due first."""
-    check_count("limit", limit)
-    rows = await db.fetchall(
-        f"SELECT {_DELIVERY_COLUMNS} FROM webhook_outbox WHERE {_PENDING}{_not_in(exclude)}"
-        " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-        (now, limit),
+async def queue_delivery(
+    tx: Session, company_id: str, *, event_id: str, event: str, call_id: str | None, body: str
+) -> int | None:
+    """Insert an outbox row in the caller's transaction; its id, or None without a webhook."""
+    hook = await tx.fetchone("SELECT url FROM webhooks WHERE company_id = ?", (company_id,))
+    if hook is None:
+        return None
+    now = time.time()
+    row = await tx.fetchone(
+        "INSERT INTO webhook_outbox (event_id, company_id, event, call_id, url, body,"
+        " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (event_id, company_id, event, call_id, hook["url"], body, now, now),
     )
-    return [_delivery(row) for row in rows]
+    assert row is not None
+    return int(row[0])
 
 
-async def next_webhook_due_at(db: Database, *, exclude: Collection[int] = ()) -> float | None:
-    """When the earliest pending delivery not in `exclude` is due (unix seconds), or None."""
+async def claim_webhooks(
+    db: Database, claimer: str, *, now: float, limit: int, lease_s: float
+) -> list[WebhookDelivery]:
+    """Claim up to `limit` due deliveries nobody holds for `claimer` until `now + lease_s`.
+
+    Oldest due first. Only the claimer's `record_webhook_attempt` (or the lease running out)
+    ends a claim, so no other claimer gets these rows meanwhile.
+    """
+    claimer = check_name("claimer", claimer)
+    check_count("limit", limit)
+    if not lease_s > 0:
+        raise InvalidValue("lease_s", "must be positive")
+    async with db.transaction() as tx:
+        # The WHERE is written twice on purpose. SQLite runs this under its one write lock, so
+        # the inner SELECT alone would do. PostgreSQL at READ COMMITTED does not lock the rows
+        # the subquery picks: two claimers can pick the same ids, and the second UPDATE then
+        # waits for the first and re-checks only the OUTER condition against the row as the
+        # first left it. Repeating the condition there makes the second skip a row the first
+        # took, instead of taking it too (PostgreSQL docs, "Read Committed Isolation Level").
+        rows = await tx.fetchall(
+            "UPDATE webhook_outbox SET claimed_by = ?, claim_expires_at = ?"
+            f" WHERE id IN (SELECT id FROM webhook_outbox WHERE {_CLAIMABLE}"
+            " ORDER BY next_attempt_at, id LIMIT ?)"
+            f" AND {_CLAIMABLE} RETURNING {_DELIVERY_COLUMNS}",
+            (claimer, now + lease_s, now, now, limit, now, now),
+        )
+    # RETURNING comes in no promised order.
+    return sorted(map(_delivery, rows), key=lambda d: (d.next_attempt_at, d.id))
+
+
+async def release_webhooks(db: Database, claimer: str) -> int:
+    """End every claim `claimer` holds without counting an attempt; return how many."""
+    async with db.transaction() as tx:
+        return await tx.execute(
+            "UPDATE webhook_outbox SET claim_expires_at = NULL"
+            " WHERE claimed_by = ? AND claim_expires_at IS NOT NULL",
+            (claimer,),
+        )
+
+
+async def next_webhook_due_at(db: Database) -> float | None:
+    """When the earliest pending delivery can next be claimed (unix seconds), or None.
+
+    A held delivery counts from the end of its lease: only then may another claimer take it.
+    """
     row = await db.fetchone(
-        f"SELECT MIN(next_attempt_at) FROM webhook_outbox WHERE {_PENDING}{_not_in(exclude)}"
+        "SELECT MIN(CASE WHEN claim_expires_at > next_attempt_at THEN claim_expires_at"
+        f" ELSE next_attempt_at END) FROM webhook_outbox WHERE {_PENDING}"
     )
     return None if row is None or row[0] is None else float(row[0])
 
@@ -154,11 +199,16 @@ async def record_webhook_attempt(
     db: Database,
     delivery_id: int,
     *,
+    claimer: str,
     delivered: bool,
     error: str | None = None,
     retry_at: float | None = None,
-) -> None:
-    """Count one attempt: delivered, retried at `retry_at`, or (neither) failed for good."""
+) -> bool:
+    """Count one attempt: delivered, retried at `retry_at`, or (neither) failed for good.
+
+    Applies only while `claimer` still holds the delivery's claim, and ends that claim; False
+    (nothing written) when it does not: its lease ran out and another claimer took the row.
+    """
     now = time.time()
     params: tuple[object, ...]
     if delivered:
@@ -168,10 +218,12 @@ async def record_webhook_attempt(
     else:
         sql, params = "failed_at = ?, last_error = ?", (now, error)
     async with db.transaction() as tx:
-        await tx.execute(
-            f"UPDATE webhook_outbox SET attempts = attempts + 1, {sql} WHERE id = ? AND {_PENDING}",
-            (*params, delivery_id),
+        changed = await tx.execute(
+            f"UPDATE webhook_outbox SET attempts = attempts + 1, claim_expires_at = NULL, {sql}"
+            f" WHERE id = ? AND {_PENDING} AND claimed_by = ? AND claim_expires_at IS NOT NULL",
+            (*params, delivery_id, claimer),
         )
+    return changed == 1
 
 
 async def list_webhook_deliveries(

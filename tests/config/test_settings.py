@@ -1,10 +1,11 @@
 """Every settings source, their precedence, origins, and the one-line error path."""
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from config import Settings, SettingsError, load_settings
 from config.loading import effective_values
+from config.settings import WebhookSettings
 
 
 def write(path, text):
@@ -151,3 +152,10 @@ def test_settings_are_frozen():
     settings = Settings()
     with pytest.raises(Exception, match="frozen"):
         settings.server.port = 1  # type: ignore[misc]
+
+
+def test_a_webhook_lease_must_outlast_an_attempt():
+    settings = WebhookSettings()
+    assert settings.lease_s >= 5 * settings.timeout_s
+    with pytest.raises(ValidationError, match="lease_s must be longer than timeout_s"):
+        WebhookSettings(timeout_s=30.0, lease_s=30.0)

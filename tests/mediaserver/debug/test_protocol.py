@@ -64,6 +64,8 @@ def test_unwatch_names_a_watch_by_its_integer_or_string_id():
         (b'{"id": 1, "cmd": "crash", "actor": "c/x", "hang_s": Infinity}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "crash", "actor": "c/x", "kind": "meteor"}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "stop", "call": "c", "reason": "tired"}', "bad_argument", 1),
+        # Crash reasons belong to calls a dead process owned, never to a live hang-up.
+        (b'{"id": 1, "cmd": "stop", "call": "c", "reason": "worker_crash"}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "calls", "extra": 1}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "calls", "worker": 0}', "bad_argument", 1),
         (b'{"id": 1, "cmd": "calls", "worker": 257}', "bad_argument", 1),

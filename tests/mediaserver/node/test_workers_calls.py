@@ -4,7 +4,11 @@ and limits that hold for the whole host. Real processes, real sockets, real aior
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import sqlite3
+import time
+from collections import defaultdict
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # types-psutil is not installed
@@ -12,9 +16,10 @@ import pytest
 import websockets
 
 from tests.mediaserver.debug.test_serve_debug import cli, document
-from tests.mediaserver.node.test_workers import workers_of
+from tests.mediaserver.node.test_workers import wait_for, workers_of
 from tests.mediaserver.node.test_workers_debug import TextCalls
 from tests.mediaserver.serve_process import Server
+from tests.mediaserver.webhooks.receiver import running_receiver
 from tests.mediaserver.webrtc.loopback import Caller
 from tests.timing import MS
 
@@ -56,6 +61,8 @@ class Node:
         return {row["id"]: row["worker"] for row in self.inspect("calls")}
 
     def stop(self):
+        if self.server.process.poll() is not None:
+            return  # it exited, and its workers with it
         workers = workers_of(self.server)
         if self.server.process.poll() is None:
             self.server.stop(signal.SIGKILL)
@@ -196,5 +203,140 @@ def test_company_max_calls_holds_for_the_whole_host(tmp_path):
         assert set(refused) == {(1013, "Company at capacity")}
         rows = node.inspect("calls")  # none left open
         assert rows == []
+    finally:
+        node.stop()
+
+
+def stored_calls(node):
+    """Every call row, read straight from the store file (WAL: readers never block the server)."""
+    with contextlib.closing(sqlite3.connect(node.tmp_path / "store.db")) as db:
+        db.row_factory = sqlite3.Row
+        return {row["id"]: dict(row) for row in db.execute("SELECT * FROM calls")}
+
+
+def queued_webhooks(node):
+    with contextlib.closing(sqlite3.connect(node.tmp_path / "store.db")) as db:
+        return [
+            (call_id, event)
+            for call_id, event in db.execute("SELECT call_id, event FROM webhook_outbox")
+        ]
+
+
+def delivered_rows(node):
+    """Outbox rows delivered, each after exactly one attempt (else None)."""
+    with contextlib.closing(sqlite3.connect(node.tmp_path / "store.db")) as db:
+        rows = list(db.execute("SELECT attempts, delivered_at FROM webhook_outbox"))
+    if any(attempts != 1 for attempts, delivered in rows if delivered is not None):
+        return None
+    return sum(delivered is not None for _, delivered in rows)
+
+
+def set_webhook(node, url):
+    answer = httpx.put(
+        f"{node.url}/api/webhook",
+        json={"url": url, "secret": "s" * 32},
+        headers=node.auth,
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def events_by_call(received):
+    seen = defaultdict(list)
+    for request in received:
+        body = json.loads(request.body)
+        seen[(body["data"]["call_id"], body["type"])].append(body["id"])
+    return seen
+
+
+def test_a_killed_workers_calls_end_worker_crash_at_its_last_heartbeat(node):
+    with running_receiver() as receiver:
+        set_webhook(node, receiver.url)
+        calls = TextCalls(node.url, node.key, node.agent["id"])
+        try:
+            opened = [calls.open() for _ in range(6)]
+            placed = node.worker_of_calls()
+            victims = [c for c in opened if placed[c] == 1]
+            survivors = [c for c in opened if placed[c] == 2]
+            assert victims and survivors, placed
+            victim_pid = node.inspect("stats")["workers"]["1"]["pid"]
+            killed_at = time.time()
+            os.kill(victim_pid, signal.SIGKILL)
+            # Within a second of the kill (the node reaps the worker and ends its calls at once).
+            wait_for(
+                lambda: all(stored_calls(node)[c]["ended_at"] is not None for c in victims),
+                1000 * MS,
+                "the killed worker's calls ended in the store",
+            )
+            rows = stored_calls(node)
+            for call in victims:
+                assert rows[call]["end_reason"] == "worker_crash", rows[call]
+                # Its last heartbeat: at most a beat (1 s, and some scheduling) before the kill.
+                assert killed_at - 2.5 <= rows[call]["ended_at"] <= killed_at
+            assert {(c, "call.ended") for c in victims} <= set(queued_webhooks(node))
+            for call in survivors:
+                assert rows[call]["ended_at"] is None
+                calls.say(call, "still here?")  # the other worker's calls go on
+            delivered = receiver.wait_count(2 * len(opened) - len(survivors), 15_000 * MS)
+            ended = events_by_call(delivered)
+            for call in victims:
+                assert len(ended[(call, "call.ended")]) == 1
+        finally:
+            calls.close()
+        wait_for(lambda: len(workers_of(node.server)) == 2, 10_000 * MS, "the restart")
+
+
+def test_with_two_workers_every_webhook_is_delivered_once(node):
+    with running_receiver() as receiver:
+        set_webhook(node, receiver.url)
+        calls = TextCalls(node.url, node.key, node.agent["id"])
+        try:
+            opened = [calls.open() for _ in range(8)]
+            assert set(node.worker_of_calls().values()) == {1, 2}
+        finally:
+            calls.close()  # bye on each: 8 call.started and 8 call.ended
+        receiver.wait_count(16, 15_000 * MS)
+        wait_for(lambda: delivered_rows(node) == 16, 10_000 * MS, "every delivery recorded")
+        # Every row is delivered, so nothing is left to send: a row sent twice would show here.
+        assert len(receiver.received) == 16
+        seen = events_by_call(receiver.received)
+        assert set(seen) == {(c, e) for c in opened for e in ("call.started", "call.ended")}
+        assert all(len(ids) == 1 for ids in seen.values()), seen
+
+
+def test_sigterm_drains_every_worker_then_the_node_exits_0(tmp_path):
+    node = Node(tmp_path, MEDIASERVER_LIMITS__DRAIN_S="1.5")
+    try:
+        base = node.url.replace("http://", "ws://") + "/signal/peer-{n}/" + node.key
+
+        async def scenario():
+            sockets = []
+            for n in range(6):
+                ws = await websockets.connect(base.format(n=n) + f"?agent={node.agent['id']}")
+                session = json.loads(await asyncio.wait_for(ws.recv(), 10_000 * MS))
+                sockets.append((session["call_id"], ws))
+            workers = set(node.worker_of_calls().values())
+            node.server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)  # well inside the drain
+            async with httpx.AsyncClient(base_url=node.url) as client:
+                ready = await client.get("/readyz")
+                assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+            late = await websockets.connect(base.format(n=99))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await asyncio.wait_for(late.recv(), 10_000 * MS)
+            assert (late.close_code, late.close_reason) == (1001, "Server shutting down")
+            for _, ws in sockets:
+                while (event := json.loads(await asyncio.wait_for(ws.recv(), 10_000 * MS)))[
+                    "type"
+                ] != "ended":
+                    pass
+                assert event["reason"] == "shutdown"
+            return [call for call, _ in sockets], workers
+
+        opened, workers = asyncio.run(scenario())
+        assert workers == {1, 2}
+        assert node.server.process.wait(timeout=30_000 * MS) == 0
+        rows = stored_calls(node)
+        assert {rows[c]["end_reason"] for c in opened} == {"shutdown"}
     finally:
         node.stop()

@@ -197,25 +197,6 @@ def test_list_calls_pages_newest_first_and_filters(tmp_path):
     run(main())
 
 
-def test_end_open_calls_closes_only_calls_still_open(tmp_path):
-    async def main():
-        async with await Store.open(db_path(tmp_path)) as store:
-            acme = await seed(store, "Acme")
-            globex = await seed(store, "Globex")
-            await store.end_call(acme.company_id, acme.call_id, "done")
-
-            assert await store.end_open_calls("server_restart") == 1
-            assert await store.end_open_calls("server_restart") == 0
-            done = await store.get_call(acme.company_id, acme.call_id)
-            restarted = await store.get_call(globex.company_id, globex.call_id)
-            assert done is not None
-            assert restarted is not None
-            assert (done.end_reason, restarted.end_reason) == ("done", "server_restart")
-            assert not restarted.active
-
-    run(main())
-
-
 def test_admin_list_calls_sees_every_company_or_one(tmp_path):
     async def main():
         async with await Store.open(db_path(tmp_path)) as store:

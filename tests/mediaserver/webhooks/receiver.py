@@ -20,9 +20,13 @@ class Received:
 
 
 class Receiver:
-    """Answers each POST with the next status of `statuses` (then 200), and records it."""
+    """Answers each POST with the next status of `statuses` (then 200), and records it.
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    With `delay_s`, each answer comes that long after the request is recorded (requests run in
+    parallel).
+    """
+
+    def __init__(self, statuses: list[int] | None = None, delay_s: float = 0.0) -> None:
         self.statuses = list(statuses or [])
         self.received: list[Received] = []
         self._changed = threading.Condition()
@@ -37,6 +41,8 @@ class Receiver:
                         Received(self.path, dict(self.headers.items()), body, status)
                     )
                     receiver._changed.notify_all()
+                if delay_s:  # recorded on arrival, answered late
+                    threading.Event().wait(delay_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -57,8 +63,8 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
-    receiver = Receiver(statuses)
+def running_receiver(statuses: list[int] | None = None, delay_s: float = 0.0) -> Iterator[Receiver]:
+    receiver = Receiver(statuses, delay_s)
     thread = threading.Thread(
         target=receiver.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
     )

@@ -11,12 +11,12 @@ import pytest
 from config.settings import WebhookSettings
 from mediaserver.metrics import Metrics
 from mediaserver.store import AgentSpec, NotFound, Store, TurnRecord, Usage
+from mediaserver.webhook_bodies import call_ended_body, event_body
 from mediaserver.webhooks import (
     SIGNATURE_HEADER,
     WebhookEvents,
     WebhookWorker,
     backoff_s,
-    event_body,
     new_secret,
     signature,
     verify,
@@ -95,7 +95,8 @@ def test_nothing_is_queued_for_a_company_without_a_webhook(tmp_path):
             company, _, call = await tenant_with_call(store)
             events = WebhookEvents(store)
             assert await events.queue_call_started(company.id, call.id) is None
-            assert await store.due_webhooks(time.time() + 1) == []
+            assert await store.list_webhook_deliveries(company.id) == []
+            assert await store.next_webhook_due_at() is None
 
     run(main)
 
@@ -365,5 +366,45 @@ def test_one_slow_receiver_does_not_hold_up_another_companys_delivery(tmp_path):
                 finally:
                     await worker.close()
                     hang.close()
+
+    run(main)
+
+
+def test_a_crashed_calls_call_ended_is_built_like_a_live_ones(tmp_path):
+    async def main():
+        async with await Store.open(str(tmp_path / "s.db")) as store:
+            company, agent, _ = await tenant_with_call(store, url="https://acme.example/hook")
+            await store.register_owner("w.1", node_id="n", worker_id=1, host="h", pid=1)
+            call = await store.start_call(
+                company.id, agent_id=agent.id, transport="twilio", peer_id="+1555", owner_id="w.1"
+            )
+            now = time.time()
+            await store.add_turn(company.id, call.id, TurnRecord(
+                seq=1, role="user", text="hello", started_at=now, ended_at=now + 1, stt_ms=90.0
+            ))  # fmt: skip
+            await store.add_usage(company.id, call.id, Usage(provider="openai", tokens_in=7))
+
+            (ended,) = await store.end_owner_calls(
+                "w.1", "worker_crash", call_ended_body=call_ended_body
+            )
+
+            (queued,) = [
+                d for d in await store.list_webhook_deliveries(company.id) if d.call_id == call.id
+            ]
+            body = json.loads(queued.body)
+            assert body["type"] == "call.ended" and body["id"] == queued.event_id
+            assert body["data"]["end_reason"] == "worker_crash"
+            assert body["data"]["ended_at"] == ended.ended_at
+            assert [t["text"] for t in body["data"]["transcript"]] == ["hello"]
+            # The same bytes the edge's path would build from the same facts.
+            live = await WebhookEvents(store).queue_call_ended(company.id, call.id)
+            assert live is not None
+            assert json.loads(live.body)["data"] == body["data"]
+            turns = await store.list_turns(company.id, call.id)
+            usage = await store.list_usage(company.id, call.id)
+            rebuilt = call_ended_body(
+                ended, turns, usage, event_id=body["id"], created_at=body["created_at"]
+            )
+            assert rebuilt == queued.body
 
     run(main)
