@@ -214,9 +214,7 @@ async def run_server(
                 if worker is None:
                     announce(out, key, sock, settings)
                 else:
-                    worker.serve(
-                        server, registry=calls.registry, gate=gate, wake_webhooks=ops.webhooks.wake
-                    )
+                    worker.serve(server, gate=gate, wake_webhooks=ops.webhooks.wake)
                 await serving
         finally:
             if worker is not None:

@@ -87,7 +87,6 @@ class WorkerProcess:
         self.channel: ControlChannel | None = None
         self.ready = False
         self.admitting = False
-        self.calls = 0
         self.handed = 0  # connections handed since its last state report
 
     def describe(self) -> str:
@@ -98,10 +97,9 @@ class WorkerProcess:
 class Node:
     """The node's workers, its public socket and its supervision. Loop only."""
 
-    def __init__(self, settings: Settings, *, workers: int, store: Store, out: TextIO) -> None:
+    def __init__(self, settings: Settings, *, workers: int, store: Store) -> None:
         self._settings = settings
         self._store = store
-        self._out = out
         self.node_id = uuid.uuid4().hex
         self._token = secrets.token_urlsafe(32)
         self._run_dir = tempfile.mkdtemp(prefix="mediaserver-node-")  # mode 0700
@@ -208,7 +206,7 @@ class Node:
     async def _spawn(self, worker: WorkerProcess) -> None:
         worker.owner_id = uuid.uuid4().hex
         worker.ready = worker.admitting = False
-        worker.calls = worker.handed = 0
+        worker.handed = 0
         ours, theirs = channel_pair()
         try:
             worker.process = await asyncio.create_subprocess_exec(
@@ -356,7 +354,6 @@ class Node:
 
     def _state(self, worker: WorkerProcess, message: Message) -> None:
         admitting = bool(message.get("admitting", False))
-        worker.calls = int(message.get("calls", 0))
         worker.handed = 0
         if admitting != worker.admitting:
             worker.admitting = admitting
@@ -445,7 +442,7 @@ async def run_node(settings: Settings, *, workers: int, out: TextIO | None = Non
     check_engines(settings)
     store = await Store.open(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
     try:
-        node = Node(settings, workers=workers, store=store, out=out)
+        node = Node(settings, workers=workers, store=store)
         debug = DebugProxy(settings.debug, node)
         try:
             # First: a second node started on the same settings stops here, before it ends the

@@ -45,7 +45,6 @@ from mediaserver.node.siblings import Siblings
 if TYPE_CHECKING:
     import uvicorn
 
-    from actors.call_registry import CallRegistry
     from mediaserver.admission.load_gate import LoadGate
 
 logger = logging.getLogger("mediaserver.node.worker")  # also when run as __main__
@@ -124,7 +123,6 @@ class WorkerLink:
         self.settings = settings
         self.host: dict[str, Any] = {"admitting": True, "workers_up": identity.workers}
         self.ledger = NodeLedger(lambda: self.channel)
-        self._registry: CallRegistry | None = None
         self._gate: LoadGate | None = None
         self._wake_webhooks: Callable[[], None] | None = None
         self._sock = sock
@@ -191,18 +189,17 @@ class WorkerLink:
         self,
         server: uvicorn.Server,
         *,
-        registry: CallRegistry,
         gate: LoadGate,
         wake_webhooks: Callable[[], None],
     ) -> None:
         """Serve handed-off connections with `server` (started); tell the node we are ready.
 
-        From then on the node hears our live calls and whether our gate admits, every second
-        and at once when the gate opens or closes (the node places connections by them); and
+        From then on the node hears whether our load gate admits, every second and at once when
+        it opens or closes (the node places connections by it and by the ledger's slots); and
         `wake_webhooks` runs when the node has queued webhook deliveries.
         """
         self._server = server
-        self._registry, self._gate = registry, gate
+        self._gate = gate
         self._wake_webhooks = wake_webhooks
         gate.subscribe(lambda _: self.report_now())
         self.channel.send({"t": "ready", "pid": os.getpid(), **self._status()})
@@ -295,11 +292,8 @@ class WorkerLink:
         return bool(self.host.get("admitting", True))
 
     def _status(self) -> dict[str, Any]:
-        registry, gate = self._registry, self._gate
-        return {
-            "calls": registry.count() if registry is not None else 0,
-            "admitting": gate.is_open if gate is not None else False,
-        }
+        gate = self._gate
+        return {"admitting": gate.is_open if gate is not None else False}
 
     async def _report(self) -> None:
         while True:

@@ -78,13 +78,22 @@ def node(tmp_path):
     running.stop()
 
 
+def readyz(node):
+    answer = httpx.get(f"{node.url}/readyz", timeout=10)
+    return answer.status_code, answer.json()["status"]
+
+
 def test_a_full_worker_takes_no_new_calls_while_another_has_room(node):
     node.admission(1, "off")
+    assert readyz(node) == (200, "ready")  # the host still admits: worker 2 does
     calls = TextCalls(node.url, node.key, node.agent["id"])
     try:
         first = [calls.open() for _ in range(20)]
         placed = node.worker_of_calls()
         assert [placed[call] for call in first] == [2] * 20
+        node.admission(2, "off")
+        assert [readyz(node) for _ in range(4)] == [(503, "full")] * 4  # whoever answers
+        node.admission(2, "auto")
         node.admission(1, "auto")
         later = [calls.open() for _ in range(3)]  # worker 1 has room and the fewest calls
         placed = node.worker_of_calls()
@@ -338,5 +347,56 @@ def test_sigterm_drains_every_worker_then_the_node_exits_0(tmp_path):
         assert node.server.process.wait(timeout=30_000 * MS) == 0
         rows = stored_calls(node)
         assert {rows[c]["end_reason"] for c in opened} == {"shutdown"}
+    finally:
+        node.stop()
+
+
+def test_the_api_rate_of_a_key_holds_for_the_whole_host(tmp_path):
+    node = Node(tmp_path, MEDIASERVER_LIMITS__REQUESTS_PER_MIN="5")
+    try:
+        answers = []
+        for _ in range(10):  # a new connection each: the node spreads them over both workers
+            answer = httpx.get(f"{node.url}/api/agents", headers=node.auth, timeout=10)
+            answers.append((answer.status_code, answer.headers["x-mediaserver-worker"]))
+        assert [status for status, _ in answers] == [200] * 5 + [429] * 5
+        assert {worker for _, worker in answers} == {"1", "2"}
+    finally:
+        node.stop()
+
+
+def test_an_overloaded_worker_is_skipped_and_its_calls_finish_normally(tmp_path):
+    node = Node(
+        tmp_path,
+        MEDIASERVER_DEBUG__FAULT_INJECTION="true",
+        MEDIASERVER_LIMITS__MAX_LOOP_LAG_MS="100",
+        MEDIASERVER_LIMITS__MAX_DISPATCH_LAG_MS="0",
+    )
+    calls = TextCalls(node.url, node.key, node.agent["id"])
+    try:
+        before = [calls.open() for _ in range(4)]
+        placed = node.worker_of_calls()
+        on_one = [call for call in before if placed[call] == 1]
+        assert on_one and len(on_one) < 4
+        node.inspect(
+            "hog", "--loop-ms", "150", "--every-ms", "200", "--for-s", "4", "--worker", "1"
+        )
+        wait_for(
+            lambda: node.inspect("admission", "--worker", "1")["open"] is False,
+            3000 * MS,
+            "worker 1's gate closing under the hog",
+        )
+        during = [calls.open() for _ in range(4)]  # none refused: worker 2 has room
+        placed = node.worker_of_calls()
+        assert [placed[call] for call in during] == [2] * 4
+        for call in on_one:
+            calls.say(call, "still there?")  # worker 1's admitted calls go on, only slower
+        calls.close()  # bye on every call
+        ended = before + during
+        wait_for(
+            lambda: all(stored_calls(node)[c]["ended_at"] is not None for c in ended),
+            10_000 * MS,
+            "every call's end stored",
+        )
+        assert {stored_calls(node)[call]["end_reason"] for call in ended} == {"bye"}
     finally:
         node.stop()
