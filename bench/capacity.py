@@ -494,7 +494,8 @@ def summarize(
             window_s = end - start
             (s0, h0, b0), (s1, h1, b1) = timeline.at(start), timeline.at(end)
             server_cpu = s1 - s0
-            hosts_cpu = [b - a for a, b in zip(h0, h1, strict=True)]
+            # A caller process started inside the window (the ramp's tail) had used nothing.
+            hosts_cpu = [b - (h0[i] if i < len(h0) else 0.0) for i, b in enumerate(h1)]
             call_min = (
                 sum(
                     max(0.0, min(end, r.done or end) - max(start, r.up or start))
