@@ -41,6 +41,7 @@ from mediaserver.admission.ledger import LedgerState
 from mediaserver.errors import ServerFailed, StartupError
 from mediaserver.node.control import ControlChannel, ControlError, Message, channel_pair
 from mediaserver.node.debug_proxy import DebugProxy
+from mediaserver.node.handoff import Acceptor
 from mediaserver.node.ledger import LedgerService
 from mediaserver.node.run_dir import private_debug_path
 from mediaserver.node.worker import WorkerIdentity, start_message
@@ -51,7 +52,6 @@ from mediaserver.webhook_bodies import call_ended_body
 
 logger = logging.getLogger(__name__)
 
-ACCEPT_BATCH = 64  # connections accepted per wake-up before other callbacks run
 STOP_GRACE_S = 30.0  # after the drain: a worker still running then is killed
 
 
@@ -107,8 +107,7 @@ class Node:
         self.ledger = LedgerService(LedgerState(settings.limits))
         self._restarts: deque[float] = deque()  # within the intensity window
         self._restart_count = 0  # since the node started
-        self._listener: socket.socket | None = None
-        self._accepting = False
+        self._acceptor: Acceptor | None = None
         self._stopping: signal.Signals | None = None
         self._gave_up: str | None = None
         self._listening = False
@@ -149,7 +148,7 @@ class Node:
         Raises:
             StartupError: a worker exited while starting (its own stderr said why).
         """
-        self._listener = listener
+        self._acceptor = Acceptor(listener, self.workers, slots=self.ledger.state.holders)
         for worker in self.workers:
             await self._spawn(worker)
         while not all(w.ready for w in self.workers) and self._stopping is None:
@@ -164,6 +163,14 @@ class Node:
         self._sweep.start()
         self._resume_accepting()
         return True
+
+    def _resume_accepting(self) -> None:
+        if self._acceptor is not None and self._listening and self._gave_up is None:
+            self._acceptor.resume()
+
+    def _pause_accepting(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.pause()
 
     async def run(self) -> int:
         """Serve until every worker has exited after a stop; 0.
@@ -253,6 +260,8 @@ class Node:
         if worker.channel is not None:
             worker.channel.close()
             worker.channel = None
+        if not any(w.ready for w in self.workers):
+            self._pause_accepting()  # until one is ready again: the backlog holds them
         freed = self.ledger.state.free_holder(str(worker.index))
         await self._end_calls_of(worker)
         self._changed.set()
@@ -376,59 +385,6 @@ class Node:
             if worker.ready and worker.channel is not None:
                 with contextlib.suppress(ControlError):
                     worker.channel.send(message)
-
-    # -- accepting -----------------------------------------------------------------------------
-
-    def _resume_accepting(self) -> None:
-        if self._accepting or self._listener is None or self._gave_up is not None:
-            return
-        if any(w.ready for w in self.workers):
-            self._loop.add_reader(self._listener.fileno(), self._accept)
-            self._accepting = True
-
-    def _pause_accepting(self) -> None:
-        """No worker to take connections: leave them in the kernel's backlog meanwhile."""
-        if self._accepting and self._listener is not None:
-            self._loop.remove_reader(self._listener.fileno())
-            self._accepting = False
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # EMFILE and the like: the backlog keeps the rest
-                logger.error("= accept failed: %s", exc.strerror or exc)
-                return
-            with conn:
-                if not self._hand(conn):
-                    logger.error("= no worker can take a connection: closing it")
-                    self._pause_accepting()
-                    return
-
-    def _hand(self, conn: socket.socket) -> bool:
-        """Give `conn` to the worker that should take it; False when no worker is up."""
-        for worker in self._placement():
-            if worker.channel is None:
-                continue
-            try:
-                worker.channel.send({"t": "conn"}, fds=[conn.fileno()])
-            except ControlError:
-                continue
-            worker.handed += 1
-            return True
-        return False
-
-    def _placement(self) -> list[WorkerProcess]:
-        """Ready workers, best first: those admitting calls, then the least loaded (the slots
-        it holds in the ledger, plus the connections handed to it since it last reported)."""
-        held = self.ledger.state.holders()
-        ready = [w for w in self.workers if w.ready]
-        return sorted(
-            ready, key=lambda w: (not w.admitting, held.get(str(w.index), 0) + w.handed, w.index)
-        )
 
 
 async def run_node(settings: Settings, *, workers: int, out: TextIO | None = None) -> int:
