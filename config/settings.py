@@ -57,7 +57,7 @@ class LimitsSettings(Section):
     max_call_duration_s: float = Field(3600.0, gt=0)
     idle_timeout_s: float = Field(120.0, gt=0, description="End a call after this long silent")
     max_loop_lag_ms: float = Field(
-        50.0,
+        20.0,
         ge=0,
         description="New calls are refused while the event loop's lag p99 (2 s) is over this; "
         "0 = off",
@@ -67,6 +67,12 @@ class LimitsSettings(Section):
         ge=0,
         description="New calls are refused while the actors' dispatch lag p99 (2 s) is over "
         "this; 0 = off",
+    )
+    max_cpu_pct: float = Field(
+        85.0,
+        ge=0,
+        description="New calls are refused while this process used more than this % of one "
+        "core over 2 s (a worker is one process); 0 = off",
     )
 
 

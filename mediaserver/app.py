@@ -37,8 +37,8 @@ from actors.switchboard import Switchboard
 from config.settings import Settings
 from mediaserver.admission.ledger import LocalLedger
 from mediaserver.admission.load_gate import LoadGate
+from mediaserver.admission.probes import CpuProbe, DispatchLagProbe
 from mediaserver.calls import CallEdge
-from mediaserver.calls.dispatch_lag import DispatchLagProbe
 from mediaserver.calls.observers import CallObservers
 from mediaserver.debug import debug_server
 from mediaserver.engines.catalog import EngineCatalog
@@ -280,18 +280,20 @@ class Operations:
 
     def __init__(self, *, metrics: Metrics, events: WebhookEvents, webhooks: WebhookWorker,
                  observers: CallObservers, loop_lag: LoopLagProbe,
-                 dispatch_lag: DispatchLagProbe) -> None:  # fmt: skip
+                 dispatch_lag: DispatchLagProbe, cpu: CpuProbe) -> None:  # fmt: skip
         self.metrics = metrics
         self.events = events
         self.webhooks = webhooks
         self.observers = observers
         self.loop_lag = loop_lag
         self.dispatch_lag = dispatch_lag
+        self.cpu = cpu
 
     def start(self) -> None:
         """Start the lag probes and webhook delivery on the running loop."""
         self.loop_lag.start()
         self.dispatch_lag.start()
+        self.cpu.start()
         self.webhooks.start()
 
     async def close(self) -> None:
@@ -301,6 +303,7 @@ class Operations:
         await self.webhooks.close()
         await self.loop_lag.close()
         await self.dispatch_lag.close()
+        await self.cpu.close()
 
 
 def build_operations(
@@ -323,6 +326,7 @@ def build_operations(
         observers=observers,
         loop_lag=LoopLagProbe(metrics, LOOP_LAG_INTERVAL_S, on_lag=gate.observe_loop_lag),
         dispatch_lag=DispatchLagProbe(calls.dispatcher, gate.observe_dispatch_lag),
+        cpu=CpuProbe(gate.observe_cpu),
     )
 
 

@@ -2,16 +2,19 @@
 
     LoopLagProbe (every 20 ms) ----observe_loop_lag------+
     DispatchLagProbe (every 50 ms) --observe_dispatch_lag-+-> LoadGate --is_open--> CallEdge
-                                                                  +--subscribe(on_change)
+    CpuProbe (every 250 ms) ------observe_cpu-------------+     +--subscribe(on_change)
 
-Each measurement is kept for `window_s` (2 s); its p99 (nearest rank) is taken after every new
-sample, except that the window's single worst sample never decides alone (with fewer than 100
-samples, nearest-rank p99 would be the maximum: one stall is an event, not a load). The gate
-closes as soon as the loop lag's p99 passes `limits.max_loop_lag_ms` or the dispatcher lag's
-passes `limits.max_dispatch_lag_ms` (0 turns that measurement off). It opens
-again once both p99s have stayed at or under half their thresholds for `reopen_after_s` (1 s):
-the hysteresis keeps a server hovering at its threshold from admitting in bursts. Decision 0090
-says why these measurements and how the defaults were chosen.
+Each measurement is kept for `window_s` (2 s). The lags count by their p99 (nearest rank), taken
+after every new sample, except that the window's single worst sample never decides alone (with
+fewer than 100 samples, nearest-rank p99 would be the maximum: one stall is an event, not a
+load); the process's CPU by its mean. The gate closes as soon as the loop lag's p99 passes
+`limits.max_loop_lag_ms`, the dispatcher lag's passes `limits.max_dispatch_lag_ms`, or the CPU
+passes `limits.max_cpu_pct` of one core (0 turns a measurement off). It opens again once every
+measurement has stayed calm for `reopen_after_s` (1 s): the lags at or under half their
+thresholds, the CPU at or under 90 % of its own. The hysteresis keeps a server hovering at a
+threshold from admitting in bursts. Lag is the late signal: a loop lags only once its process
+is already past what it can carry, and calls admitted meanwhile break; CPU rises before that
+(decisions 0090, 0091).
 
 An operator (or a test) may force it: `set_mode("off")` refuses every new call, `"on"` admits
 regardless of load, `"auto"` follows the measurements again. Each change of the gate's answer is
@@ -36,10 +39,12 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 2.0
 REOPEN_AFTER_S = 1.0
 REOPEN_FRACTION = 0.5
+# CPU reopens closer to its limit: half of it would keep a worker with a steady 50 % shut.
+CPU_REOPEN_FRACTION = 0.9
 
 Mode = Literal["auto", "on", "off"]
 MODES: tuple[Mode, ...] = ("auto", "on", "off")
-Why = Literal["", "loop_lag", "dispatch_lag", "forced"]
+Why = Literal["", "loop_lag", "dispatch_lag", "cpu", "forced"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,8 +56,10 @@ class GateState:
     why: Why  # why it is closed ("" when open)
     loop_lag_p99_ms: float
     dispatch_lag_p99_ms: float
+    cpu_pct: float  # this process's CPU over the window, % of one core
     max_loop_lag_ms: float
     max_dispatch_lag_ms: float
+    max_cpu_pct: float
     refused: int  # calls refused since it last closed (the current or the last episode)
     since_s: float  # how long it has been in this state
 
@@ -73,10 +80,19 @@ class _Window:
     def add(self, at: float, value: float) -> None:
         self._samples.append((at, value))
 
-    def p99(self, now: float) -> float:
+    def _forget(self, now: float) -> None:
         samples = self._samples
         while samples and samples[0][0] < now - self._window_s:
             samples.popleft()
+
+    def mean(self, now: float) -> float:
+        self._forget(now)
+        samples = self._samples
+        return sum(value for _, value in samples) / len(samples) if samples else 0.0
+
+    def p99(self, now: float) -> float:
+        self._forget(now)
+        samples = self._samples
         if not samples:
             return 0.0
         ordered = sorted(value for _, value in samples)
@@ -103,12 +119,15 @@ class LoadGate:
     ) -> None:
         self._max_loop_s = limits.max_loop_lag_ms / 1000
         self._max_dispatch_s = limits.max_dispatch_lag_ms / 1000
+        self._max_cpu = limits.max_cpu_pct / 100
         self._clock = clock
         self._reopen_after_s = reopen_after_s
         self._loop = _Window(window_s)
         self._dispatch = _Window(window_s)
+        self._cpu = _Window(window_s)
         self._loop_p99 = 0.0
         self._dispatch_p99 = 0.0
+        self._cpu_mean = 0.0
         self._mode: Mode = "auto"
         self._measured_open = True
         self._measured_why: Why = ""
@@ -158,6 +177,12 @@ class LoadGate:
         self._dispatch.add(now, lag_s)
         self._evaluate(now)
 
+    def observe_cpu(self, cores: float) -> None:
+        """This process's CPU since the last sample, in cores (1.0: one core, all the time)."""
+        now = self._clock()
+        self._cpu.add(now, cores)
+        self._evaluate(now)
+
     def refused(self) -> None:
         """A call was refused because the gate is closed (counted for the episode's log line)."""
         self._refused += 1
@@ -178,17 +203,25 @@ class LoadGate:
     def _evaluate(self, now: float) -> None:
         self._loop_p99 = loop_p99 = self._loop.p99(now)
         self._dispatch_p99 = dispatch_p99 = self._dispatch.p99(now)
+        self._cpu_mean = cpu = self._cpu.mean(now)
         if self._measured_open:
             why: Why = ""
             if self._max_loop_s and loop_p99 > self._max_loop_s:
                 why = "loop_lag"
             elif self._max_dispatch_s and dispatch_p99 > self._max_dispatch_s:
                 why = "dispatch_lag"
+            elif self._max_cpu and cpu > self._max_cpu:
+                why = "cpu"
             if why:
                 self._measured_open, self._measured_why, self._calm_since = False, why, None
         else:
-            calm = (not self._max_loop_s or loop_p99 <= self._max_loop_s * REOPEN_FRACTION) and (
-                not self._max_dispatch_s or dispatch_p99 <= self._max_dispatch_s * REOPEN_FRACTION
+            calm = (
+                (not self._max_loop_s or loop_p99 <= self._max_loop_s * REOPEN_FRACTION)
+                and (
+                    not self._max_dispatch_s
+                    or dispatch_p99 <= self._max_dispatch_s * REOPEN_FRACTION
+                )
+                and (not self._max_cpu or cpu <= self._max_cpu * CPU_REOPEN_FRACTION)
             )
             if not calm:
                 self._calm_since = None
@@ -225,6 +258,12 @@ class LoadGate:
                 measured = limit = 0.0
             if why == "forced":
                 logger.warning("= admission closed by the operator: new calls are refused")
+            elif why == "cpu":
+                logger.warning(
+                    "= admission closed: CPU %.0f %% of a core over %.0f %%: new calls are refused",
+                    self._cpu_mean * 100,
+                    self._max_cpu * 100,
+                )
             else:
                 logger.warning(
                     "= admission closed: %s p99 %.0f ms over %.0f ms: new calls are refused",
@@ -246,8 +285,10 @@ class LoadGate:
             why=self._why(),
             loop_lag_p99_ms=self._loop_p99 * 1000,
             dispatch_lag_p99_ms=self._dispatch_p99 * 1000,
+            cpu_pct=self._cpu_mean * 100,
             max_loop_lag_ms=self._max_loop_s * 1000,
             max_dispatch_lag_ms=self._max_dispatch_s * 1000,
+            max_cpu_pct=self._max_cpu * 100,
             refused=self._refused,
             since_s=now - self._changed_at,
         )

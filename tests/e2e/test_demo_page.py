@@ -65,6 +65,7 @@ class Server:
             # own).
             MEDIASERVER_LIMITS__MAX_LOOP_LAG_MS="1000",
             MEDIASERVER_LIMITS__MAX_DISPATCH_LAG_MS="2000",
+            MEDIASERVER_LIMITS__MAX_CPU_PCT="0",
         )
         self.log_path = tmp_path / "server.log"
         self._log = self.log_path.open("w")

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import re
 import threading
 import time
 
@@ -10,11 +11,11 @@ import pytest
 from actors.runtime import Dispatcher, PooledActor
 from config.settings import LimitsSettings
 from mediaserver.admission.load_gate import GateState, LoadGate
-from mediaserver.calls.dispatch_lag import DispatchLagProbe
+from mediaserver.admission.probes import CpuProbe, DispatchLagProbe
 from mediaserver.metrics import LoopLagProbe
 from tests.timing import MS
 
-LIMITS = LimitsSettings(max_loop_lag_ms=50, max_dispatch_lag_ms=100)
+LIMITS = LimitsSettings(max_loop_lag_ms=50, max_dispatch_lag_ms=100, max_cpu_pct=85)
 
 
 class FakeClock:
@@ -25,14 +26,19 @@ class FakeClock:
         return self.now
 
 
-def feed(gate: LoadGate, clock: FakeClock, seconds: float, *, loop_ms=1.0, dispatch_ms=1.0):
-    """Samples as the probes take them: the loop's every 20 ms, the dispatcher's every 50 ms."""
+def feed(
+    gate: LoadGate, clock: FakeClock, seconds: float, *, loop_ms=1.0, dispatch_ms=1.0, cpu_pct=10.0
+):
+    """Samples as the probes take them: the loop's every 20 ms, the dispatcher's every 50 ms,
+    the CPU every 250 ms."""
     for tick in range(round(seconds / 0.01)):
         clock.now += 0.01
         if tick % 2 == 0:
             gate.observe_loop_lag(loop_ms / 1000)
         if tick % 5 == 0:
             gate.observe_dispatch_lag(dispatch_ms / 1000)
+        if tick % 25 == 0:
+            gate.observe_cpu(cpu_pct / 100)
 
 
 @pytest.fixture
@@ -144,6 +150,25 @@ def test_a_failing_subscriber_is_logged_and_the_others_still_hear(gate, clock, c
     assert len(seen) == 1 and "subscriber failed" in caplog.text
 
 
+def test_the_process_cpu_closes_it_before_the_loop_lags(gate, clock, caplog):
+    feed(gate, clock, 3.0, cpu_pct=80)  # busy, under the limit: open
+    assert gate.is_open
+    with caplog.at_level(logging.WARNING, "mediaserver.admission.load_gate"):
+        feed(gate, clock, 2.0, cpu_pct=95)  # the mean over 2 s passes 85 %, no lag at all
+    state = gate.state()
+    assert not gate.is_open and state.why == "cpu"
+    assert state.cpu_pct == pytest.approx(95) and state.max_cpu_pct == 85
+    (closing,) = [r.getMessage() for r in caplog.records]  # once, as soon as the mean passed
+    assert re.fullmatch(
+        r"= admission closed: CPU (8[6-9]|9\d) % of a core over 85 %: new calls are refused",
+        closing,
+    )
+    feed(gate, clock, 4.0, cpu_pct=80)  # under the limit, but not under 90 % of it (76.5)
+    assert not gate.is_open
+    feed(gate, clock, 4.0, cpu_pct=70)
+    assert gate.is_open
+
+
 def test_a_threshold_of_zero_turns_that_measurement_off(clock):
     gate = LoadGate(LimitsSettings(max_loop_lag_ms=0, max_dispatch_lag_ms=100), clock=clock)
     feed(gate, clock, 1.0, loop_ms=5000)
@@ -165,8 +190,10 @@ def test_the_state_is_json_with_rounded_figures(gate, clock):
         "why",
         "loop_lag_p99_ms",
         "dispatch_lag_p99_ms",
+        "cpu_pct",
         "max_loop_lag_ms",
         "max_dispatch_lag_ms",
+        "max_cpu_pct",
         "refused",
         "since_s",
     }
@@ -185,6 +212,24 @@ def test_the_loop_lag_probe_sees_a_blocked_loop():
         await asyncio.sleep(0.05)
         await probe.close()
         assert max(lags) >= 0.15
+
+    asyncio.run(scenario())
+
+
+def test_the_cpu_probe_sees_the_process_burn_a_core():
+    async def scenario():
+        shares: list[float] = []
+        probe = CpuProbe(shares.append, interval_s=0.1)
+        probe.start()
+        await asyncio.sleep(0.25)
+        idle = max(shares)
+        ends = time.process_time() + 0.3
+        while time.process_time() < ends:  # burn CPU on the loop's thread
+            pass
+        await asyncio.sleep(0.15)
+        await probe.close()
+        assert idle < 0.5
+        assert max(shares) > 0.7  # the burn's interval was (nearly) all CPU
 
     asyncio.run(scenario())
 

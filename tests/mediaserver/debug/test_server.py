@@ -699,7 +699,8 @@ def test_admission_reads_the_gate_and_forces_it_off_on_and_back_to_auto(live):
     with live.client() as client:
         state = client.request("admission")
         assert state["open"] is True and state["mode"] == "auto" and state["why"] == ""
-        assert state["max_loop_lag_ms"] == 50.0 and state["max_dispatch_lag_ms"] == 100.0
+        assert state["max_loop_lag_ms"] == 20.0 and state["max_dispatch_lag_ms"] == 100.0
+        assert state["max_cpu_pct"] == 85.0
         closed = client.request("admission", mode="off")
         assert closed["open"] is False and closed["why"] == "forced"
         assert client.request("stats")["admission"]["open"] is False

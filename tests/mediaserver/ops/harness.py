@@ -167,7 +167,7 @@ async def ops_server(
     calls = start_actors(settings)
     # The probes run, but measure for nothing: a busy test box must not refuse calls. A test
     # closes the gate with `set_mode("off")`.
-    gate = LoadGate(LimitsSettings(max_loop_lag_ms=0, max_dispatch_lag_ms=0))
+    gate = LoadGate(LimitsSettings(max_loop_lag_ms=0, max_dispatch_lag_ms=0, max_cpu_pct=0))
     ops = build_operations(settings, store, calls, gate)
     engines = OpsEngines()
     edge = CallEdge(

@@ -102,6 +102,7 @@ def environment(tmp_path):
         # of a server whose test is not about admission (test_serve_overload sets its own).
         MEDIASERVER_LIMITS__MAX_LOOP_LAG_MS="1000",
         MEDIASERVER_LIMITS__MAX_DISPATCH_LAG_MS="2000",
+        MEDIASERVER_LIMITS__MAX_CPU_PCT="0",
     )
     return environ
 

@@ -1,5 +1,8 @@
-"""DispatchLagProbe: pings a `LagProbe` actor on the shared dispatcher and hands the waits to the
-event loop (the load gate's second measurement, decision 0090).
+"""The load gate's probes beside the loop's lag: the dispatcher's lag and the process's CPU.
+
+DispatchLagProbe pings a `LagProbe` actor on the shared dispatcher and hands the waits to the
+event loop (the load gate's second measurement, decision 0090); CpuProbe reads the process's CPU
+time (the third, decision 0091).
 
     loop task, every 50 ms --tell(LagPing(sent_at))--> LagProbe (a dispatcher thread)
     loop <--call_soon_threadsafe(on_lag, wait_s)---------+
@@ -26,6 +29,7 @@ from actors.runtime import Dispatcher
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 0.05
+CPU_INTERVAL_S = 0.25
 
 
 class DispatchLagProbe:
@@ -81,3 +85,38 @@ class DispatchLagProbe:
         assert loop is not None
         with contextlib.suppress(RuntimeError):  # the loop closed under a late ping
             loop.call_soon_threadsafe(self._on_lag, lag_s)
+
+
+class CpuProbe:
+    """Every `interval_s`, this process's CPU since the last look, in cores, to `on_cpu` (loop).
+
+    `time.process_time` counts every thread of the process (the loop, the dispatcher, the
+    engines' pools, native codecs), which is what saturates a worker; one read is a syscall.
+    """
+
+    def __init__(
+        self, on_cpu: Callable[[float], None], *, interval_s: float = CPU_INTERVAL_S
+    ) -> None:
+        self._on_cpu = on_cpu
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="cpu")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        wall, cpu = time.monotonic(), time.process_time()
+        while True:
+            await asyncio.sleep(self._interval_s)
+            now, used = time.monotonic(), time.process_time()
+            if now > wall:
+                self._on_cpu((used - cpu) / (now - wall))
+            wall, cpu = now, used
