@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from actors.messages import CrashReason
+from mediaserver.periodic import Every
 from mediaserver.store import Call, NotFound, Owner, Store, StoreError
 from mediaserver.webhook_bodies import call_ended_body
 
@@ -263,35 +264,22 @@ class DeadOwnerSweep:
         self._store = store
         self._node_id = node_id
         self._alive = alive
-        self._every_s = every_s
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(every_s, self._sweep, name="owner-sweep")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="owner-sweep")
+        self._every.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._every.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every_s)
-            try:
-                found = await end_dead_owners(
-                    self._store, node_id=self._node_id, alive=self._alive()
-                )
-            except StoreError as exc:
-                logger.warning("= dead owners not swept: %s", exc)
-                continue
-            except Exception:  # a loop task: log and keep sweeping
-                logger.exception("= dead owners not swept")
-                continue
-            for ended in found:
-                logger.warning("= %s", ended)
+    async def _sweep(self) -> None:
+        try:
+            found = await end_dead_owners(self._store, node_id=self._node_id, alive=self._alive())
+        except StoreError as exc:  # the next sweep tries again
+            logger.warning("= dead owners not swept: %s", exc)
+            return
+        for ended in found:
+            logger.warning("= %s", ended)
 
 
 class Ownership:

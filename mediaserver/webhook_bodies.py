@@ -48,10 +48,8 @@ def summary_data(summary: CallSummary) -> dict[str, Any]:
     }
 
 
-def call_ended_data(
-    call: Call, turns: Sequence[TurnRecord], usage: Sequence[Usage]
-) -> dict[str, Any]:
-    """The `data` of a `call.ended` event: the call, its summary and its transcript."""
+def call_started_data(call: Call) -> dict[str, Any]:
+    """The `data` of a `call.started` event, which every later event of the call repeats."""
     return {
         "call_id": call.id,
         "agent_id": call.agent_id,
@@ -59,6 +57,15 @@ def call_ended_data(
         "transport": call.transport,
         "peer_id": call.peer_id,
         "started_at": call.started_at,
+    }
+
+
+def call_ended_data(
+    call: Call, turns: Sequence[TurnRecord], usage: Sequence[Usage]
+) -> dict[str, Any]:
+    """The `data` of a `call.ended` event: the call, its summary and its transcript."""
+    return {
+        **call_started_data(call),
         "ended_at": call.ended_at,
         "end_reason": call.end_reason,
         **summary_data(summarize_call(call, list(turns), list(usage))),

@@ -42,7 +42,7 @@ import httpx
 from config.settings import WebhookSettings
 from mediaserver.metrics import Metrics
 from mediaserver.store import Store, StoreError, WebhookDelivery
-from mediaserver.webhook_bodies import call_ended_body, event_body
+from mediaserver.webhook_bodies import call_ended_body, call_started_data, event_body
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ class WebhookEvents:
         call = await self._store.get_call(company_id, call_id)
         if call is None:
             return None
-        data = {
-            "call_id": call.id,
-            "agent_id": call.agent_id,
-            "conversation_id": call.conversation_id,
-            "transport": call.transport,
-            "peer_id": call.peer_id,
-            "started_at": call.started_at,
-        }
-        return await self._queue(company_id, call_id, "call.started", data)
+        return await self._queue(company_id, call_id, "call.started", call_started_data(call))
 
     async def queue_call_ended(self, company_id: str, call_id: str) -> WebhookDelivery | None:
         call = await self._store.get_call(company_id, call_id)

@@ -25,6 +25,7 @@ from pykka import ActorDeadError, ActorRef
 
 from actors.lag_probe import LagPing, LagProbe
 from actors.runtime import Dispatcher
+from mediaserver.periodic import Every
 
 logger = logging.getLogger(__name__)
 
@@ -98,25 +99,18 @@ class CpuProbe:
         self, on_cpu: Callable[[float], None], *, interval_s: float = CPU_INTERVAL_S
     ) -> None:
         self._on_cpu = on_cpu
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._last = (time.monotonic(), time.process_time())
+        self._every = Every(interval_s, self._look, name="cpu")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="cpu")
+        self._last = (time.monotonic(), time.process_time())
+        self._every.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._every.close()
 
-    async def _run(self) -> None:
-        wall, cpu = time.monotonic(), time.process_time()
-        while True:
-            await asyncio.sleep(self._interval_s)
-            now, used = time.monotonic(), time.process_time()
-            if now > wall:
-                self._on_cpu((used - cpu) / (now - wall))
-            wall, cpu = now, used
+    def _look(self) -> None:
+        (wall, cpu), now = self._last, (time.monotonic(), time.process_time())
+        self._last = now
+        if now[0] > wall:
+            self._on_cpu((now[1] - cpu) / (now[0] - wall))

@@ -41,6 +41,7 @@ from mediaserver.node.host_metrics import merge_expositions
 from mediaserver.node.ledger import NodeLedger
 from mediaserver.node.run_dir import private_debug_path, private_http_path
 from mediaserver.node.siblings import Siblings
+from mediaserver.periodic import Every
 
 if TYPE_CHECKING:
     import uvicorn
@@ -129,7 +130,7 @@ class WorkerLink:
         self._channel: ControlChannel | None = None
         self._server: uvicorn.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reporter: asyncio.Task[None] | None = None
+        self._reporter = Every(STATE_EVERY_S, self.report_now, name="report")
         self._private_path = private_http_path(identity.run_dir, identity.index)
         self.siblings = Siblings(
             index=identity.index,
@@ -203,14 +204,13 @@ class WorkerLink:
         self._wake_webhooks = wake_webhooks
         gate.subscribe(lambda _: self.report_now())
         self.channel.send({"t": "ready", "pid": os.getpid(), **self._status()})
-        self._reporter = asyncio.get_running_loop().create_task(self._report(), name="report")
+        self._reporter.start()
         logger.info("= worker %d ready", self.identity.index)
 
     async def stop_serving(self) -> None:
         """The server has stopped: hand-offs from now on are closed at once."""
         self._server = None
-        if self._reporter is not None:
-            self._reporter.cancel()
+        await self._reporter.close()
         await self.siblings.aclose()
 
     def report_now(self) -> None:
@@ -294,11 +294,6 @@ class WorkerLink:
     def _status(self) -> dict[str, Any]:
         gate = self._gate
         return {"admitting": gate.is_open if gate is not None else False}
-
-    async def _report(self) -> None:
-        while True:
-            await asyncio.sleep(STATE_EVERY_S)
-            self.report_now()
 
 
 async def _serve(link: WorkerLink) -> int:
