@@ -18,11 +18,12 @@ import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from actors.call_context import CallLog, call_log, tell_quietly
+from actors.call_context import CallLog, call_log
 from actors.engines import EngineKind, EngineResult, EngineStream
 from actors.faults import inject
 from actors.messages import AudioDropped, InjectFault
 from actors.runtime import PooledActor
+from actors.telling import tell_quietly
 from actors.tree_messages import (
     Checkpoint,
     Checkpointed,

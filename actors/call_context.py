@@ -13,9 +13,10 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pykka import ActorDeadError, ActorRef
+from pykka import ActorRef
 
 from actors.engines import EngineKind, EngineStream
+from actors.telling import tell_quietly
 
 if TYPE_CHECKING:
     from actors.agent import AgentConfig
@@ -48,15 +49,6 @@ class CallLog(logging.LoggerAdapter[logging.Logger]):
 
 def call_log(name: str, call_id: str) -> CallLog:
     return CallLog(logging.getLogger(name), {"call_id": call_id})
-
-
-def tell_quietly(ref: ActorRef[Any], message: object) -> bool:
-    """Tell `message`; False (not an exception) if the actor is dead: the call is ending."""
-    try:
-        ref.tell(message)
-    except ActorDeadError:
-        return False
-    return True
 
 
 class Generations:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError, ActorRef
 
-from actors.call_context import tell_quietly
+from actors.telling import tell_quietly
 
 if TYPE_CHECKING:
     from actors.messages import (

@@ -56,7 +56,6 @@ from actors.call_context import (
     Generations,
     Peers,
     call_log,
-    tell_quietly,
 )
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.errors import StallDetected
@@ -80,6 +79,7 @@ from actors.runtime import PooledActor
 from actors.session import Session
 from actors.snapshot import ActorProbe, CallTree
 from actors.supervision import ChildSpec, RestartIntensity, rest_for_one, should_restart
+from actors.telling import tell_quietly
 from actors.timer import Timer, TimerHandle, shared_timer
 from actors.transcriber import Transcriber
 from actors.tree_messages import (

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors.call_child import CallChild
-from actors.call_context import tell_quietly
 from actors.engines import (
     EngineFailed,
     EngineStream,
@@ -39,6 +38,7 @@ from actors.engines import (
 )
 from actors.messages import BotAudio, FlushAudio, PlaybackProgressed, ResponseDelta
 from actors.sentences import SentenceSplitter, SpokenText
+from actors.telling import tell_quietly
 from actors.tree_messages import (
     CallerStartedSpeaking,
     EngineOutput,

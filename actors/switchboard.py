@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from pykka import ActorRef
 
-from actors.call_context import tell_quietly
 from actors.call_handle import CallHandle
 from actors.call_registry import CallEntry, CallRegistry
 from actors.call_supervisor import CallSupervisor
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.messages import AdmitCall, CallAdmitted, CallRefused, HangUp, RefusalReason, Shutdown
 from actors.runtime import PooledActor
+from actors.telling import tell_quietly
 from actors.timer import Timer, shared_timer
 from actors.tree_messages import CallFinished
 

@@ -20,31 +20,48 @@ import logging
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from actors.agent import AgentConfig
 from actors.messages import (
     AudioDropped,
     BotAudio,
     CallEventRecorded,
     ChildRestarted,
+    EndReason,
     FlushAudio,
     Outbound,
     SpeechStarted,
     TurnRecorded,
 )
 from config.settings import RecordingSettings
+from mediaserver.calls.outbox import CallOutbox
 from mediaserver.logs import CallLogger
 from mediaserver.metrics import Metrics
 from mediaserver.recording import CallRecording
 from mediaserver.store import Store, StoreError
 from mediaserver.webhooks import WebhookEvents
 
-if TYPE_CHECKING:
-    from mediaserver.calls.live_call import LiveCall
-
 logger = logging.getLogger(__name__)
 
 BARGE_IN_WINDOW_S = 5.0  # a flush this long after speech began is not that speech's doing
+
+
+class ObservedCall(Protocol):
+    """What the observers read of a call (`LiveCall` is one; this module does not import it)."""
+
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def company_id(self) -> str: ...
+    @property
+    def agent(self) -> AgentConfig: ...
+    @property
+    def log(self) -> CallLogger: ...
+    @property
+    def end_reason(self) -> EndReason | None: ...
+    @property
+    def outbox(self) -> CallOutbox: ...
 
 
 class CallObserver:
@@ -112,14 +129,14 @@ class CallObserver:
             case _:
                 pass
 
-    def finished(self, call: LiveCall) -> None:
+    def finished(self, call: ObservedCall) -> None:
         """The call has ended and its facts are in the store."""
         try:
             self._finish(call)
         except Exception:  # a boundary: the call is over whatever happens here
             self.log.exception("= observing the end failed")
 
-    def _finish(self, call: LiveCall) -> None:
+    def _finish(self, call: ObservedCall) -> None:
         if self._metrics is not None:
             self._metrics.call_ended(call.end_reason or "unknown")
             self._metrics.audio_dropped("outbox", call.outbox.dropped_audio_ms)
@@ -170,7 +187,7 @@ class CallObservers:
         if self._metrics is not None:
             self._metrics.call_refused(reason)
 
-    def opened(self, call: LiveCall) -> CallObserver:
+    def opened(self, call: ObservedCall) -> CallObserver:
         """A call was admitted and its row written: its observer (loop only)."""
         if self._metrics is not None:
             self._metrics.call_admitted()
@@ -183,7 +200,7 @@ class CallObservers:
             webhooks=self._webhooks,
         )
 
-    def _start_recording(self, call: LiveCall) -> CallRecording | None:
+    def _start_recording(self, call: ObservedCall) -> CallRecording | None:
         if self._recording is None or not call.agent.recording:
             return None
         assert self._store is not None
@@ -198,7 +215,7 @@ class CallObservers:
         return recording
 
     @staticmethod
-    async def _store_path(store: Store, call: LiveCall, path: str) -> None:
+    async def _store_path(store: Store, call: ObservedCall, path: str) -> None:
         try:
             await store.set_call_recording(call.company_id, call.call_id, path)
         except StoreError as exc:
