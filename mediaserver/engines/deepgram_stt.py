@@ -10,7 +10,7 @@ to share one client between engines, and `language=` for an agent's language.
 
 Wire protocol (https://developers.deepgram.com/reference/speech-to-text/listen-streaming,
 https://developers.deepgram.com/docs/finalize, .../keep-alive, .../close-stream,
-.../understanding-end-of-speech-detection; summary in shared/reference/protocols.md §3.1):
+.../understanding-end-of-speech-detection):
 `wss://api.deepgram.com/v1/listen?model=…&encoding=linear16&sample_rate=16000&channels=1&
 interim_results=true&endpointing=300&utterance_end_ms=1000&smart_format=true&punctuate=true`,
 header `Authorization: Token <key>`. We send binary 16 kHz PCM16 frames and the text frames

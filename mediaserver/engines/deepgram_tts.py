@@ -9,8 +9,7 @@ An engine is cheap: sockets are per stream. Pass `client=deepgram_client(setting
 to share one client between engines, and `model=` for an agent's own Aura voice.
 
 Wire protocol (https://developers.deepgram.com/reference/text-to-speech/speak-streaming,
-https://developers.deepgram.com/docs/tts-websocket; summary in shared/reference/protocols.md
-§3.2): `wss://api.deepgram.com/v1/speak?model=aura-2-thalia-en&encoding=linear16&
+https://developers.deepgram.com/docs/tts-websocket): `wss://api.deepgram.com/v1/speak?model=aura-2-thalia-en&encoding=linear16&
 sample_rate=24000`, header `Authorization: Token <key>`. We send the text frames
 `{"type":"Speak","text":…}`, `{"type":"Flush"}`, `{"type":"Clear"}` and `{"type":"Close"}`;
 Deepgram sends raw PCM16 in binary frames (no container), `Metadata`, `Flushed` (all audio of

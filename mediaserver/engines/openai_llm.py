@@ -8,13 +8,12 @@ Construction (composition root / engine catalog)::
     stream.send(ReplyRequest(...))
 
 Wire protocol (https://platform.openai.com/docs/api-reference/chat/create,
-https://platform.openai.com/docs/api-reference/chat-streaming; summary in
-shared/reference/protocols.md §4.1): `POST {base_url}/chat/completions` with `stream: true` and
-`stream_options: {"include_usage": true}`, header `Authorization: Bearer <key>`; the answer is
-server-sent events `data: {chat.completion.chunk}`: content pieces in `choices[0].delta.content`,
-then a chunk with `choices: []` and `usage`, then `data: [DONE]`. Each content piece becomes a
-`TokenReceived`, the end one `ReplyCompleted(tokens_in, tokens_out)` (zeros when the server
-reports no usage, as some OpenAI-compatible servers do).
+https://platform.openai.com/docs/api-reference/chat-streaming): `POST {base_url}/chat/completions`
+with `stream: true` and `stream_options: {"include_usage": true}`, header `Authorization: Bearer
+<key>`; the answer is server-sent events `data: {chat.completion.chunk}`: content pieces in
+`choices[0].delta.content`, then a chunk with `choices: []` and `usage`, then `data: [DONE]`. Each
+content piece becomes a `TokenReceived`, the end one `ReplyCompleted(tokens_in, tokens_out)` (zeros
+when the server reports no usage, as some OpenAI-compatible servers do).
 
 `openai.base_url` points the engine at any OpenAI-compatible server (include the `/v1`):
 Ollama `http://localhost:11434/v1`, vLLM `http://host:8000/v1`, llama.cpp `http://host:8080/v1`.

@@ -7,8 +7,7 @@ Construction (composition root / engine catalog)::
     stream = tts.open(call_id, sink)                    # from any thread; see actors/engines.py
 
 Wire protocol (https://platform.openai.com/docs/api-reference/audio/createSpeech,
-https://platform.openai.com/docs/guides/text-to-speech; summary in
-shared/reference/protocols.md §4.2): `POST {base_url}/audio/speech` with
+https://platform.openai.com/docs/guides/text-to-speech): `POST {base_url}/audio/speech` with
 `{"model", "voice", "input", "response_format": "pcm"}`, header `Authorization: Bearer <key>`;
 the answer body is raw 24 kHz 16-bit little-endian mono PCM with no header, sent chunked. We
 read it as it arrives (`with_streaming_response`) in `chunk_ms` pieces: each is a

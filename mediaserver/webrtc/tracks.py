@@ -7,7 +7,8 @@ Out: `BotAudioTrack` is the track aiortc's sender pulls. `push` resamples bot au
 to 48 kHz mono and queues it in 20 ms frames, at most `queue_limit_ms` (the oldest is dropped
 beyond it); `recv` encodes one frame with its own Opus encoder and returns the *packet*, paced
 in real time. aiortc then only packs it: no encoder of its own and no thread-pool hop per frame
-(see ../shared/reference/offline-engines.md, "aiortc send path"). When the queue runs dry it sends
+(aiortc's `RTCRtpSender`, rtcrtpsender.py: a frame goes through its encoder in a thread pool,
+a packet is sent as it is). When the queue runs dry it sends
 `TAIL_SILENCE_FRAMES` of silence and then nothing until more audio comes, like Opus DTX: a
 silent bot costs no CPU, and the RTP timestamps keep wall-clock time across the gap. `flush`
 empties the queue, so barge-in takes effect by the next frame. Played audio is reported per

@@ -1,7 +1,7 @@
 """A tiny Chrome DevTools Protocol client over `websockets`, and headless Chromium to drive.
 
-Enough for the browser tests: start Debian's `/usr/bin/chromium` with the flags verified in
-../shared/reference/offline-engines.md ("Headless Chromium for end-to-end tests"), attach to
+Enough for the browser tests: start Debian's `/usr/bin/chromium` headless with the flags it needs
+as root on a machine without a screen or the internet (see `chromium_flags` below), attach to
 its page over the DevTools websocket and evaluate JavaScript there (`Runtime.evaluate`). No
 browser download, no driver: https://chromedevtools.github.io/devtools-protocol/
 """

@@ -1,7 +1,8 @@
 """A loopback Deepgram: the live listen (`/v1/listen`) and streaming speak (`/v1/speak`) sockets.
 
 A real websockets server on 127.0.0.1, port 0, speaking the documented protocol
-(shared/reference/protocols.md §3.1, §3.2) to the real deepgram-sdk: `Authorization: Token <key>`
+(https://developers.deepgram.com/reference/speech-to-text/listen-streaming and
+.../text-to-speech/speak-streaming) to the real deepgram-sdk: `Authorization: Token <key>`
 checked at the upgrade (401 otherwise), every field the SDK's models require, JSON text frames
 for control messages and binary frames for audio.
 

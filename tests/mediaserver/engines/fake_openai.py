@@ -1,13 +1,13 @@
 """A loopback OpenAI: `POST /v1/chat/completions` (SSE) and `POST /v1/audio/speech` (PCM).
 
-A small HTTP/1.1 server on raw asyncio streams (127.0.0.1, port 0), so every byte and every
-fault is in the test's hands, speaking what the real openai SDK expects
-(shared/reference/protocols.md §4): `Authorization: Bearer <key>` (401 with an OpenAI error
-body otherwise: the body quotes the key, as OpenAI's does, to prove it never reaches our
-errors); chat answers `200 text/event-stream`, chunked, one `data: {chunk}` event per chunk:
-a role chunk, one chunk per token, a `finish_reason` chunk, a `choices: []` usage chunk when
-`stream_options.include_usage` asks for it, `data: [DONE]`, then the terminating zero-length
-chunk (the SDK drains the body after [DONE]). Speech answers `200`, chunked raw 24 kHz PCM16:
+A small HTTP/1.1 server on raw asyncio streams (127.0.0.1, port 0), so every byte and every fault
+is in the test's hands, speaking what the real openai SDK expects
+(https://platform.openai.com/docs/api-reference/chat/create): `Authorization: Bearer <key>` (401
+with an OpenAI error body otherwise: the body quotes the key, as OpenAI's does, to prove it never
+reaches our errors); chat answers `200 text/event-stream`, chunked, one `data: {chunk}` event per
+chunk: a role chunk, one chunk per token, a `finish_reason` chunk, a `choices: []` usage chunk when
+`stream_options.include_usage` asks for it, `data: [DONE]`, then the terminating zero-length chunk
+(the SDK drains the body after [DONE]). Speech answers `200`, chunked raw 24 kHz PCM16:
 `speech_pcm(input)`, a ramp, so lost or doubled audio shows. Connections are kept alive.
 
 Scripted faults and timings (`ChatScript`, `SpeechScript`): the first requests answered with
