@@ -38,6 +38,11 @@ class ServerSettings(Section):
         description="Worker processes, each a whole server on its own core; 0 = the CPUs this "
         "process may use (os.sched_getaffinity); 1 = one process, no node",
     )
+    forwarded_allow_ips: list[str] = Field(
+        ["127.0.0.1", "::1"],
+        description="Peers trusted to set X-Forwarded-For (a proxy in front, e.g. HAProxy): "
+        "from them the client address is the forwarded one; '*' trusts every peer",
+    )
     worker_max_restarts: int = Field(
         5, ge=0, description="Worker restarts allowed within worker_restart_window_s"
     )

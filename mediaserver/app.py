@@ -137,6 +137,10 @@ def http_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
             app,
             ws="websockets-sansio",
             ws_max_size=settings.limits.signal_message_max_bytes,
+            # The client address (`http.client_address`) is the X-Forwarded-For one only when
+            # the peer is a trusted proxy.
+            proxy_headers=True,
+            forwarded_allow_ips=list(settings.server.forwarded_allow_ips),
             access_log=False,
             log_config=None,
             lifespan="off",
